@@ -1,0 +1,3 @@
+"""mtrl: multi-task reinforcement learning with gradient aggregation."""
+
+__version__ = "0.1.0"

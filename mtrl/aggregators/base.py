@@ -1,0 +1,185 @@
+"""The aggregator contract (DESIGN §3, binding).
+
+An aggregator turns the per-task gradient matrix ``G [K, P]`` (rows are task gradients of the
+shared parameters) into one update direction ``d [P]``. The optimizer steps along ``-d``.
+
+Two optional protocols let the trainer skip work:
+
+* ``needs_jacobian(step)``: when False (Nash-MTL-T between weight updates, pure loss-weighting
+  methods), the trainer calls ``weights_without_jacobian(ctx)`` and backpropagates
+  ``sum_i w_i * loss_i`` once, then clips with ``max_norm``. No ``G`` is built.
+* ``rows_needed(step, generator)``: CAGrad-Fast asks for a subset of rows. The trainer then builds
+  one row per sampled task plus one row for the mean loss of the remaining tasks, and passes
+  ``ctx.row_groups`` so the aggregator knows which row is which.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["AggContext", "Aggregation", "Aggregator", "check_gradient_matrix", "clip_direction"]
+
+
+@dataclass(frozen=True)
+class AggContext:
+    """What an aggregator may read besides ``G``.
+
+    Attributes:
+        step: global update step (0-based), the same counter across critic and actor.
+        task_ids: global task ids of the rows of ``G`` (LongTensor [K]).
+        losses: per-task losses [K] (FAMO, DWA, SI, UW, loss-weighting methods).
+        perf: latest per-task success rates [num_tasks] in [0, 1] (PIVRG; NaN = not evaluated).
+        main_task: global id of the main task (AuxiNash / AuxiLearn).
+        generator: randomness for PCGrad, CAGrad-Fast, RLW (never the global RNG).
+        row_groups: when the trainer built a reduced G after ``rows_needed``: for each row of ``G``
+            the LongTensor of global task ids whose mean-loss gradient that row is.
+        hyper: closures the bilevel methods need for their outer step (AuxiNash, AuxiLearn).
+    """
+
+    step: int
+    task_ids: Tensor
+    losses: Tensor | None = None
+    perf: Tensor | None = None
+    main_task: int | None = None
+    generator: torch.Generator | None = None
+    row_groups: tuple[Tensor, ...] | None = None
+    hyper: Any = None
+
+
+@dataclass
+class Aggregation:
+    """Result of one aggregation.
+
+    Attributes:
+        direction: [P], same dtype and device as ``G``; the optimizer steps along ``-direction``.
+        weights: [K] float64 on the CPU when the method is a weighting of the rows of ``G``
+            (``direction == weights @ G`` before clipping), else None.
+        info: floats for logging: solver iterations, residual, ``fallback_used``, ...
+    """
+
+    direction: Tensor
+    weights: Tensor | None = None
+    info: dict[str, float] = field(default_factory=dict)
+
+
+def check_gradient_matrix(G: Tensor) -> None:
+    """Raise ``ValueError`` unless ``G`` is a finite floating-point matrix [K, P] with K >= 1."""
+    if not isinstance(G, Tensor):
+        raise ValueError(f"G must be a torch.Tensor, got {type(G).__name__}")
+    if G.ndim != 2 or G.shape[0] < 1:
+        raise ValueError(f"G must have shape [K, P] with K >= 1, got {tuple(G.shape)}")
+    if not G.is_floating_point():
+        raise ValueError(f"G must be floating point, got dtype {G.dtype}")
+    if not bool(torch.isfinite(G).all()):
+        bad = (~torch.isfinite(G)).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"G has non-finite entries (NaN or Inf) in rows {bad}")
+
+
+def clip_direction(direction: Tensor, max_norm: float | None) -> tuple[Tensor, float]:
+    """Scale ``direction`` down to norm ``max_norm`` (like ``clip_grad_norm_``); return it and its norm before."""
+    norm = float(torch.linalg.vector_norm(direction))
+    if max_norm is not None and norm > max_norm:
+        direction = direction * (max_norm / (norm + 1e-12))
+    return direction, norm
+
+
+class Aggregator:
+    """Base class: option checking, default protocols and a ``state_dict`` of tensors.
+
+    Subclasses declare every option as a keyword argument of ``__init__`` with a default, set
+    ``name``, and implement ``aggregate(G, ctx)``. Stateful subclasses keep their state in tensors
+    indexed by global task id and list attribute names in ``state_attributes``.
+    """
+
+    name: ClassVar[str] = ""
+    #: attribute names saved by ``state_dict`` (tensors, ints, floats, bools or None)
+    state_attributes: ClassVar[tuple[str, ...]] = ()
+    #: True when ``direction`` is always a weighting of the rows of G
+    is_weighting: ClassVar[bool] = True
+
+    def __init__(self, num_tasks: int) -> None:
+        if not isinstance(num_tasks, int) or isinstance(num_tasks, bool) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}")
+        self.num_tasks = num_tasks
+
+    # ---- options -------------------------------------------------------------------------
+    @classmethod
+    def option_names(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters
+        return [p for p in params if p not in ("self", "num_tasks")]
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        params = inspect.signature(cls.__init__).parameters
+        return {n: p.default for n, p in params.items() if n not in ("self", "num_tasks")}
+
+    # ---- protocols -----------------------------------------------------------------------
+    def __call__(self, G: Tensor, ctx: AggContext) -> Aggregation:
+        check_gradient_matrix(G)
+        task_ids = torch.as_tensor(ctx.task_ids).long().cpu()
+        if ctx.row_groups is None and task_ids.numel() != G.shape[0]:
+            raise ValueError(f"ctx.task_ids has {task_ids.numel()} entries but G has {G.shape[0]} rows")
+        if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= self.num_tasks):
+            raise ValueError(f"task ids must lie in [0, {self.num_tasks}), got {task_ids.tolist()}")
+        return self.aggregate(G, ctx)
+
+    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def needs_jacobian(self, step: int) -> bool:
+        """Whether the update at ``step`` needs the per-task gradient matrix G."""
+        return True
+
+    def weights_without_jacobian(self, ctx: AggContext) -> Tensor:
+        """Weights [K] (by ``ctx.task_ids``) for a step where ``needs_jacobian`` is False."""
+        raise NotImplementedError(f"{self.name} always needs the Jacobian")
+
+    def rows_needed(self, step: int, generator: torch.Generator | None) -> Tensor | None:
+        """Global task ids whose individual rows the method needs, or None for all rows."""
+        return None
+
+    #: post-aggregation clipping applied by the trainer on the no-Jacobian path
+    max_norm: float | None = None
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in self.state_attributes:
+            value = getattr(self, key)
+            out[key] = value.clone() if isinstance(value, Tensor) else value
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [k for k in self.state_attributes if k not in state]
+        unknown = [k for k in state if k not in self.state_attributes]
+        if missing or unknown:
+            raise ValueError(
+                f"{self.name}: state_dict mismatch; missing {missing}, unexpected {unknown}; "
+                f"expected keys {list(self.state_attributes)}"
+            )
+        for key in self.state_attributes:
+            value = state[key]
+            setattr(self, key, value.clone() if isinstance(value, Tensor) else value)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={getattr(self, k, '?')!r}" for k in self.option_names())
+        return f"{type(self).__name__}(num_tasks={self.num_tasks}{', ' if opts else ''}{opts})"
+
+
+def check_option(name: str, value: Any, ok: bool, allowed: str) -> None:
+    """Raise a ValueError naming an option, its bad value and what is allowed."""
+    if not ok:
+        raise ValueError(f"invalid value {value!r} for option '{name}'; allowed: {allowed}")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+HyperClosure = Callable[..., Any]

@@ -1,0 +1,51 @@
+"""Linear scalarisation (LS) and its mean variant.
+
+LS minimises ``sum_i loss_i``; its direction is ``sum_i g_i`` (the DESIGN §3 scale convention).
+``mean`` returns ``(1/K) sum_i g_i`` (CAGrad's L0, PIVRG's LS). Both are pure loss weightings,
+so the trainer never needs G for them: ``needs_jacobian`` is False and one backward of the
+weighted loss gives the same direction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtrl.aggregators import register
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction
+
+
+@register
+class LinearScalarization(Aggregator):
+    """``d = sum_i g_i``. Options: ``max_norm`` (None = no clipping)."""
+
+    name = "ls"
+    scale = "sum"
+
+    def __init__(self, num_tasks: int, max_norm: float | None = None) -> None:
+        super().__init__(num_tasks)
+        check_option("max_norm", max_norm, max_norm is None or (isinstance(max_norm, (int, float)) and max_norm > 0), "None or a positive float")
+        self.max_norm = max_norm
+
+    def _weights(self, k: int) -> Tensor:
+        value = 1.0 if self.scale == "sum" else 1.0 / k
+        return torch.full((k,), value, dtype=torch.float64)
+
+    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
+        w = self._weights(G.shape[0])
+        direction, norm = clip_direction(w.to(G) @ G, self.max_norm)
+        return Aggregation(direction, w, {"norm": norm})
+
+    def needs_jacobian(self, step: int) -> bool:
+        return False
+
+    def weights_without_jacobian(self, ctx: AggContext) -> Tensor:
+        return self._weights(len(ctx.task_ids))
+
+
+@register
+class Mean(LinearScalarization):
+    """``d = (1/K) sum_i g_i`` (the average-loss gradient g0)."""
+
+    name = "mean"
+    scale = "mean"
