@@ -1,0 +1,119 @@
+"""Command line: ``mtrl train | evaluate | sweep | report | bench``.
+
+Errors a user can cause (bad config, bad run directory, no checkpoint) are printed as one line
+and exit with status 2; nothing else is caught here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+_BENCHES = ("aggregators", "jacobian", "update", "collect")
+
+
+def _default_run_dir(config_path: Path, seed: int) -> Path:
+    return Path("runs") / f"{config_path.stem}" / f"seed{seed}"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mtrl.config import load_config
+    from mtrl.train import train
+
+    overrides = list(args.set or [])
+    resume = args.resume
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    config_path = Path(args.config) if args.config else None
+    if resume not in (None, "auto"):
+        resume_dir = Path(resume)
+        if run_dir is not None and run_dir.resolve() != resume_dir.resolve():
+            raise ValueError(f"--run-dir {run_dir} and --resume {resume_dir} name different directories")
+        run_dir = resume_dir
+        if config_path is None:
+            config_path = resume_dir / "config.yaml"
+    if config_path is None:
+        raise ValueError("give a CONFIG file, or --resume RUN_DIR to continue a run")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    cfg = load_config(config_path, overrides)
+    if run_dir is None:
+        run_dir = _default_run_dir(config_path, cfg.seed)
+    result = train(cfg, run_dir, resume=resume, force=args.force)
+    if result.interrupted:
+        return 143
+    success = "n/a" if result.last_success is None else f"{result.last_success:.3f}"
+    print(f"done: {result.steps_done} steps, last mean success {success}; outputs in {result.run_dir}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtrl.train import evaluate_run
+
+    evaluate_run(Path(args.run_dir), episodes=args.episodes, device=args.device)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{args.what}")
+    return int(module.main(rest) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtrl", description="Multi-task RL with gradient aggregation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a multi-task SAC agent")
+    p.add_argument("config", nargs="?", help="YAML config (optional with --resume RUN_DIR)")
+    p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--run-dir", help="output directory (default runs/<config>/seed<N>)")
+    p.add_argument("--resume", metavar="RUN_DIR|auto", help="continue from the newest valid checkpoint")
+    p.add_argument("--force", action="store_true", help="resume even if the config changes the run's meaning")
+
+    p = sub.add_parser("evaluate", help="evaluate the newest checkpoint of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task")
+    p.add_argument("--device", default="auto")
+
+    sub.add_parser("sweep", help="run methods x seeds (see `mtrl sweep -h`)", add_help=False)
+    sub.add_parser("report", help="tables and figures over run directories (see `mtrl report -h`)", add_help=False)
+    p = sub.add_parser("bench", help="speed benchmarks printing ratios measured in one run")
+    p.add_argument("what", choices=_BENCHES)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from mtrl.checkpoint import CheckpointError
+
+    try:
+        if argv and argv[0] in ("sweep", "report"):
+            import importlib
+
+            module = importlib.import_module(f"mtrl.{argv[0]}")
+            return int(module.main(argv[1:]) or 0)
+        parser = _parser()
+        if argv and argv[0] == "bench":
+            args, rest = parser.parse_known_args(argv)
+            return _cmd_bench(args, rest)
+        args = parser.parse_args(argv)
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "evaluate":
+            return _cmd_evaluate(args)
+    except (ValueError, CheckpointError, FileNotFoundError) as err:
+        print(f"mtrl: error: {err}", file=sys.stderr)
+        return 2
+    return 0  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Run outputs (DESIGN §7): ``metrics.jsonl``, ``eval.csv``, ``status.json``, optional TensorBoard,
+and a one-line progress display.
+
+Both metric files are append-only; their byte sizes are recorded in every checkpoint so that a
+resumed run truncates them back to the checkpoint and never holds duplicate or lost rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["MetricsLogger", "ProgressLine", "atomic_write_text", "read_status", "write_status"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file, fsync and ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_status(run_dir: Path, state: str, step: int, total_steps: int, **extra: Any) -> None:
+    """``status.json``: ``{"state": running|finished|failed|interrupted, "step", "total_steps"}``."""
+    payload = {"state": state, "step": int(step), "total_steps": int(total_steps), **extra}
+    atomic_write_text(Path(run_dir) / "status.json", json.dumps(payload) + "\n")
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "status.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe floats (NaN/Inf become None) and plain Python types."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _clean(value.item())
+    return value
+
+
+class MetricsLogger:
+    """Append-only ``metrics.jsonl`` and ``eval.csv`` of one run directory."""
+
+    def __init__(self, run_dir: Path, task_names: list[str], tensorboard: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.task_names = list(task_names)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.eval_path = self.run_dir / "eval.csv"
+        self._metrics: TextIO = open(self.metrics_path, "a")
+        new_eval = not self.eval_path.exists() or self.eval_path.stat().st_size == 0
+        self._eval: TextIO = open(self.eval_path, "a")
+        if new_eval:
+            self._eval.write(",".join(["step", "mean_success", *self.task_names]) + "\n")
+            self._eval.flush()
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:  # pragma: no cover - optional extra
+                raise ValueError("train.tensorboard=true needs the 'tensorboard' extra: pip install -e '.[tensorboard]'") from err
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    def offsets(self) -> dict[str, int]:
+        """Byte sizes of the metric files (after flushing), stored in checkpoints."""
+        self._metrics.flush()
+        self._eval.flush()
+        return {"metrics.jsonl": self.metrics_path.stat().st_size, "eval.csv": self.eval_path.stat().st_size}
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        record = {"step": int(step), **_clean(values)}
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+
+    def log_eval(self, step: int, success_rates: list[float]) -> None:
+        mean = sum(success_rates) / len(success_rates)
+        row = [str(int(step)), f"{mean:.6g}", *(f"{s:.6g}" for s in success_rates)]
+        self._eval.write(",".join(row) + "\n")
+        self._eval.flush()
+        if self._tb is not None:
+            self._tb.add_scalar("eval/mean_success", mean, step)
+
+    def close(self) -> None:
+        for handle in (self._metrics, self._eval):
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def truncate_metric_files(run_dir: Path, offsets: dict[str, int]) -> None:
+    """Cut ``metrics.jsonl`` and ``eval.csv`` back to the sizes recorded in a checkpoint."""
+    for name, size in offsets.items():
+        path = Path(run_dir) / name
+        if path.exists() and path.stat().st_size > size:
+            with open(path, "r+b") as handle:
+                handle.truncate(size)
+
+
+class ProgressLine:
+    """A one-line progress display on stderr: step, steps/s, last evaluation success."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, every_s: float = 1.0) -> None:
+        self.total, self.enabled, self.every_s = total, enabled and sys.stderr.isatty(), every_s
+        self._t0, self._s0, self._last = time.perf_counter(), start, 0.0
+        self.last_success: float | None = None
+
+    def update(self, step: int, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self._last < self.every_s):
+            return
+        self._last = now
+        rate = (step - self._s0) / max(now - self._t0, 1e-9)
+        success = "n/a" if self.last_success is None else f"{self.last_success:.2f}"
+        width = 30
+        filled = int(width * step / max(self.total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        sys.stderr.write(f"\r[{bar}] {step}/{self.total} {rate:7.1f} steps/s  success {success}   ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()

@@ -1,0 +1,420 @@
+"""The training loop: collect -> store -> update -> evaluate -> log -> checkpoint.
+
+Read top to bottom. This is the only module that knows every other one (DESIGN §2).
+
+Randomness: every RNG derives from ``cfg.seed``: the agent's torch.Generator (policy sampling and
+update noise), a CPU torch.Generator for warm-up actions and aggregator randomness, the replay
+buffer's own generator, and the environments' seeds. Network initialisation runs under a forked,
+seeded global RNG, so nothing outside the run is touched and nothing inside depends on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from agents.mtsac import MTSAC
+from envs.metaworld import MultiTaskEnv
+from mtrl import checkpoint as ckpt
+from mtrl.aggregators import Aggregator, make
+from mtrl.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
+from mtrl.evaluate import evaluate
+from mtrl.metrics import MetricsLogger, ProgressLine, read_status, truncate_metric_files, write_status
+from mtrl.replay import MultiTaskReplay
+
+__all__ = ["RunResult", "resolve_device", "train", "MEANING_KEYS"]
+
+#: Config keys that define what a run *is*; resuming with other values is refused unless forced.
+MEANING_KEYS = (
+    "seed",
+    "main_task",
+    "env.benchmark",
+    "env.max_episode_steps",
+    "agent.variant",
+    "agent.hidden_dim",
+    "agent.num_layers",
+    "agent.task_embedding_dim",
+    "aggregator.name",
+    "aggregator.options",
+    "aggregator.critic_options",
+    "aggregator.actor_options",
+    "aggregator.aggregate_temperature",
+    "train.batch_size",
+    "train.replay_capacity",
+)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    steps_done: int
+    interrupted: bool
+    last_success: float | None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. An unavailable CUDA request is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use device=auto or cpu")
+    return device
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and not key.endswith("options"):
+            out.update(_flat(value, full))
+        else:
+            out[full] = value
+    return out
+
+
+def differing_meaning_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = _flat(old), _flat(new)
+    return [k for k in MEANING_KEYS if a.get(k) != b.get(k)]
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+
+@contextmanager
+def _signals(flag: _StopFlag) -> Iterator[None]:
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, flag)
+    except ValueError:  # not the main thread: no handlers, signals keep their default action
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _build_aggregators(cfg: Config, num_tasks: int) -> dict[str, Aggregator]:
+    base = dict(cfg.aggregator.options)
+    return {
+        "critic": make(cfg.aggregator.name, num_tasks, **{**base, **cfg.aggregator.critic_options}),
+        "actor": make(cfg.aggregator.name, num_tasks, **{**base, **cfg.aggregator.actor_options}),
+    }
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool) -> dict[str, Any] | None:
+    """Create or validate the run directory; return the checkpoint to resume from, if any."""
+    saved_config = run_dir / "config.yaml"
+    has_checkpoint = bool(ckpt.list_checkpoints(run_dir))
+    if resume is None and saved_config.exists():
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run; pass --resume {run_dir} (or --resume auto) to "
+            f"continue it, or choose another --run-dir"
+        )
+    if resume not in (None, "auto") and not has_checkpoint:
+        raise ckpt.CheckpointError(f"cannot resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}")
+    if saved_config.exists():
+        import yaml
+
+        old = yaml.safe_load(saved_config.read_text()) or {}
+        differing = differing_meaning_keys(old, config_to_dict(cfg))
+        if differing and not force:
+            raise ConfigError(
+                f"run directory {run_dir} belongs to a different run: {', '.join(differing)} differ from its "
+                f"config.yaml; use another --run-dir, or --force to continue anyway"
+            )
+    if resume is not None and has_checkpoint:
+        state, path = ckpt.load_latest(run_dir)
+        print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
+        return state
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.jsonl", "eval.csv"):  # a run killed before its first checkpoint restarts clean
+        (run_dir / name).unlink(missing_ok=True)
+    return None
+
+
+def train(
+    cfg: Config,
+    run_dir: Path | str,
+    *,
+    resume: str | None = None,
+    force: bool = False,
+    checkpoint_writer: Any = None,
+) -> RunResult:
+    """Train one multi-task SAC agent as ``cfg`` says, writing outputs to ``run_dir``.
+
+    Args:
+        resume: None (fresh run; the directory must not hold one), ``"auto"`` (resume when a
+            checkpoint exists, else start fresh) or a path (resume, error if no checkpoint).
+        force: resume even if the config changes the run's meaning (MEANING_KEYS).
+        checkpoint_writer: test hook passed to ``save_checkpoint``.
+    """
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    if resume is not None and status and status.get("state") == "finished":
+        if status.get("total_steps") == cfg.train.total_steps:
+            print(f"{run_dir} is already finished ({status['step']} steps); nothing to do", file=sys.stderr)
+            return RunResult(run_dir, int(status["step"]), False, status.get("last_success"))
+    state = _prepare_run_dir(cfg, run_dir, resume, force)
+    device = resolve_device(cfg.device)
+    tcfg = cfg.train
+
+    # ---- build everything ------------------------------------------------------------------
+    env = MultiTaskEnv(cfg.env.benchmark, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
+    eval_env = MultiTaskEnv(
+        cfg.env.benchmark,
+        seed=cfg.seed + 10_000,
+        max_episode_steps=cfg.env.max_episode_steps,
+        terminate_on_success=cfg.env.eval_terminate_on_success,
+    )
+    K = env.num_tasks
+    if tcfg.batch_size % K:
+        raise ConfigError(f"train.batch_size ({tcfg.batch_size}) must be divisible by the number of tasks ({K})")
+    main_task = None
+    if cfg.main_task is not None:
+        if cfg.main_task not in env.task_names:
+            raise ConfigError(f"main_task {cfg.main_task!r} is not a task of {cfg.env.benchmark}; tasks: {', '.join(env.task_names)}")
+        main_task = env.task_names.index(cfg.main_task)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        agent = MTSAC(env.obs_dim, env.action_dim, K, cfg.agent, device=device)
+    agent.aggregate_temperature = cfg.aggregator.aggregate_temperature
+    aggregators = _build_aggregators(cfg, K)
+    replay = MultiTaskReplay(K, max(1, tcfg.replay_capacity // K), env.obs_dim, env.action_dim, device, seed=cfg.seed)
+    agent_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    cpu_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    action_low = torch.as_tensor(env.action_low, dtype=torch.float32)
+    action_high = torch.as_tensor(env.action_high, dtype=torch.float32)
+
+    start_step, update_step, episodes, skipped = 0, 0, 0, {"critic": 0, "actor": 0}
+    perf: torch.Tensor | None = None
+    last_success: float | None = None
+    obs = env.reset()
+    if state is not None:
+        truncate_metric_files(run_dir, state["metric_offsets"])
+        agent.load_training_state(state["agent"])
+        for key, agg in aggregators.items():
+            agg.load_state_dict(state["aggregators"][key])
+        if "replay" in state:
+            replay.load_state_dict(state["replay"])
+        else:
+            print("checkpoint holds no replay buffer: resuming with an empty one (not exact)", file=sys.stderr)
+        env.load_state_dict(state["env"])
+        obs = state["obs"].numpy()
+        agent_gen.set_state(state["generators"]["agent"])
+        cpu_gen.set_state(state["generators"]["cpu"])
+        _set_rng_state(state["rng"])
+        start_step, update_step, episodes = state["step"], state["update_step"], state["episodes"]
+        skipped = dict(state["skipped"])
+        perf = state.get("perf")
+        last_success = state.get("last_success")
+    save_config(cfg, run_dir / "config.yaml")
+    logger = MetricsLogger(run_dir, env.task_names, tensorboard=tcfg.tensorboard)
+    progress = ProgressLine(tcfg.total_steps, start_step, enabled=tcfg.progress)
+    progress.last_success = last_success
+    write_status(run_dir, "running", start_step, tcfg.total_steps)
+
+    def snapshot(step: int) -> dict[str, Any]:
+        data = {
+            "step": step,
+            "update_step": update_step,
+            "episodes": episodes,
+            "skipped": dict(skipped),
+            "perf": perf,
+            "last_success": last_success,
+            "agent": agent.training_state(),
+            "aggregators": {key: agg.state_dict() for key, agg in aggregators.items()},
+            "env": env.state_dict(),
+            "obs": torch.as_tensor(obs),
+            "generators": {"agent": agent_gen.get_state(), "cpu": cpu_gen.get_state()},
+            "rng": _rng_state(),
+            "config": config_to_dict(cfg),
+            "metric_offsets": logger.offsets(),
+        }
+        if cfg.checkpoint.include_replay:
+            data["replay"] = replay.state_dict()
+        return data
+
+    def save(step: int) -> Path:
+        return ckpt.save_checkpoint(run_dir, step, snapshot(step), keep=cfg.checkpoint.keep, writer=checkpoint_writer)
+
+    def run_evaluation(step: int) -> None:
+        nonlocal perf, last_success
+
+        def policy(o: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return agent.act(torch.as_tensor(o, device=device), deterministic=True).cpu().numpy()
+
+        result = evaluate(policy, eval_env, tcfg.eval_episodes)
+        rates = [float(x) for x in result.success_rate]
+        logger.log_eval(step, rates)
+        perf = torch.tensor(rates, dtype=torch.float64)
+        last_success = float(np.mean(rates))
+        progress.last_success = last_success
+        extra = {"eval/mean_success": last_success, "eval/mean_return": float(np.mean(result.mean_return))}
+        if main_task is not None:
+            extra["eval/main_success"] = rates[main_task]
+        logger.log(step, extra)
+
+    # ---- the loop --------------------------------------------------------------------------
+    stop = _StopFlag()
+    timings = {"collect": 0.0, "update": 0.0}
+    window_success: list[float] = []
+    step = start_step
+    with _signals(stop):
+        try:
+            while step < tcfg.total_steps:
+                # collect one transition per task
+                t0 = time.perf_counter()
+                if step < tcfg.warmup_steps:
+                    action = action_low + (action_high - action_low) * torch.rand(K, env.action_dim, generator=cpu_gen)
+                    action = action.numpy()
+                else:
+                    with torch.no_grad():
+                        action = agent.act(torch.as_tensor(obs, device=device), deterministic=False, generator=agent_gen)
+                    action = action.cpu().numpy()
+                result = env.step(action)
+                replay.add(obs, action, result.reward, result.next_obs, result.terminated)
+                obs = result.obs
+                if result.episode_done.any():
+                    episodes += int(result.episode_done.sum())
+                    window_success.extend(result.episode_success[result.episode_done].astype(float).tolist())
+                timings["collect"] += time.perf_counter() - t0
+
+                # one gradient update
+                update_metrics: dict[str, float] = {}
+                if step >= tcfg.warmup_steps:
+                    t0 = time.perf_counter()
+                    batch = replay.sample(tcfg.batch_size // K)
+                    update_metrics = agent.update(
+                        batch,
+                        update_step,
+                        aggregators["critic"],
+                        aggregators["actor"],
+                        generator=agent_gen,
+                        perf=perf,
+                        main_task=main_task,
+                        aggregator_generator=cpu_gen,
+                    )
+                    for key in skipped:
+                        skipped[key] += int(update_metrics.get(f"skipped_{key}", 0))
+                    update_step += 1
+                    timings["update"] += time.perf_counter() - t0
+                step += 1
+
+                if step % tcfg.log_every == 0:
+                    elapsed = sum(timings.values())
+                    logger.log(
+                        step,
+                        {
+                            **update_metrics,
+                            "train/episodes": episodes,
+                            "train/success": float(np.mean(window_success)) if window_success else None,
+                            "train/skipped_critic": skipped["critic"],
+                            "train/skipped_actor": skipped["actor"],
+                            "time/collect_s": timings["collect"],
+                            "time/update_s": timings["update"],
+                            "time/steps_per_s": tcfg.log_every / max(elapsed, 1e-9),
+                        },
+                    )
+                    window_success.clear()
+                    timings = {"collect": 0.0, "update": 0.0}
+                if step % tcfg.eval_every == 0 or step == tcfg.total_steps:
+                    run_evaluation(step)
+                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < tcfg.total_steps:
+                    save(step)
+                progress.update(step)
+                if stop.signal is not None:
+                    break
+        except BaseException:
+            progress.close()
+            logger.close()
+            write_status(run_dir, "failed", step, tcfg.total_steps)
+            raise
+
+    interrupted = stop.signal is not None and step < tcfg.total_steps
+    path = save(step)
+    progress.update(step, force=True)
+    progress.close()
+    logger.close()
+    env.close()
+    eval_env.close()
+    if interrupted:
+        name = signal.Signals(stop.signal).name
+        write_status(run_dir, "interrupted", step, tcfg.total_steps)
+        print(
+            f"\n{name} received: stopped after step {step}, checkpoint written to {path}. "
+            f"Continue with: mtrl train {run_dir / 'config.yaml'} --run-dir {run_dir} --resume {run_dir}",
+            file=sys.stderr,
+        )
+    else:
+        write_status(run_dir, "finished", step, tcfg.total_steps, last_success=last_success)
+    return RunResult(run_dir, step, interrupted, last_success)
+
+
+def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto") -> list[float]:
+    """Evaluate the newest valid checkpoint of ``run_dir``; print and return per-task success."""
+    state, path = ckpt.load_latest(run_dir)
+    cfg = config_from_dict(state["config"])
+    torch_device = resolve_device(device)
+    env = MultiTaskEnv(
+        cfg.env.benchmark,
+        seed=cfg.seed + 20_000,
+        max_episode_steps=cfg.env.max_episode_steps,
+        terminate_on_success=cfg.env.eval_terminate_on_success,
+    )
+    agent = MTSAC(env.obs_dim, env.action_dim, env.num_tasks, cfg.agent, device=torch_device)
+    agent.load_training_state(state["agent"])
+
+    def policy(o: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return agent.act(torch.as_tensor(o, device=torch_device), deterministic=True).cpu().numpy()
+
+    result = evaluate(policy, env, episodes)
+    env.close()
+    rates = [float(x) for x in result.success_rate]
+    print(f"{path} (step {state['step']}), {episodes} episode(s) per task")
+    for name, rate in zip(env.task_names, rates):
+        print(f"  {name:32s} {rate:.3f}")
+    print(f"  {'mean':32s} {float(np.mean(rates)):.3f}")
+    return rates
