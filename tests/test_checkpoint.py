@@ -1,0 +1,101 @@
+"""Atomic checkpoint files: fall back past broken ones, never leave a torn file behind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mtrl.checkpoint import CheckpointError, list_checkpoints, load_latest, save_checkpoint
+
+
+def _state(step: int) -> dict:
+    return {"step": step, "weights": torch.full((4,), float(step)), "nested": {"ids": [1, 2, 3], "name": "x"}}
+
+
+def test_round_trip_loads_with_weights_only(tmp_path):
+    save_checkpoint(tmp_path, 10, _state(10))
+    state, path = load_latest(tmp_path)
+    assert path.name == "step_000000010.pt"
+    assert state["step"] == 10 and torch.equal(state["weights"], torch.full((4,), 10.0))
+    assert state["nested"] == {"ids": [1, 2, 3], "name": "x"}
+
+
+def test_keeps_only_the_newest_n(tmp_path):
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, _state(step), keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000003.pt", "step_000000004.pt"]
+
+
+def test_truncated_newest_checkpoint_warns_and_falls_back(tmp_path):
+    save_checkpoint(tmp_path, 1, _state(1))
+    newest = save_checkpoint(tmp_path, 2, _state(2))
+    size = newest.stat().st_size
+    with open(newest, "r+b") as handle:
+        handle.truncate(size // 2)
+    with pytest.warns(UserWarning, match="step_000000002.pt"):
+        state, path = load_latest(tmp_path)
+    assert state["step"] == 1 and path.name == "step_000000001.pt"
+
+
+def test_corrupt_bytes_warn_and_fall_back(tmp_path):
+    save_checkpoint(tmp_path, 1, _state(1))
+    newest = save_checkpoint(tmp_path, 2, _state(2))
+    data = bytearray(newest.read_bytes())
+    for i in range(0, len(data), 97):
+        data[i] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="unreadable"):
+        state, _ = load_latest(tmp_path)
+    assert state["step"] == 1
+
+
+def test_no_valid_checkpoint_is_an_error_that_says_so(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        load_latest(tmp_path)
+    path = save_checkpoint(tmp_path, 1, _state(1))
+    path.write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="no valid checkpoint"):
+        load_latest(tmp_path)
+
+
+def test_failing_writer_leaves_previous_checkpoint_intact_and_no_temp_file(tmp_path):
+    save_checkpoint(tmp_path, 1, _state(1))
+
+    def full_disk(path, payload):
+        with open(path, "wb") as handle:
+            handle.write(payload[: len(payload) // 3])
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        save_checkpoint(tmp_path, 2, _state(2), writer=full_disk)
+    names = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert names == ["step_000000001.pt"]
+    state, _ = load_latest(tmp_path)
+    assert state["step"] == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_directory_is_a_clear_error(tmp_path):
+    save_checkpoint(tmp_path, 1, _state(1))
+    os.chmod(tmp_path / "checkpoints", 0o500)
+    try:
+        with pytest.raises(CheckpointError, match="previous checkpoints are intact"):
+            save_checkpoint(tmp_path, 2, _state(2))
+    finally:
+        os.chmod(tmp_path / "checkpoints", 0o700)
+    assert load_latest(tmp_path)[0]["step"] == 1
+
+
+class Custom:
+    """A class a weights-only load must refuse to rebuild."""
+
+
+def test_objects_that_need_unsafe_unpickling_are_refused(tmp_path):
+    save_checkpoint(tmp_path, 1, _state(1))
+    newest = tmp_path / "checkpoints" / "step_000000002.pt"
+    torch.save({"format_version": 1, "step": 2, "obj": Custom()}, newest)
+    with pytest.warns(UserWarning, match="step_000000002.pt"):
+        state, _ = load_latest(tmp_path)
+    assert state["step"] == 1
