@@ -142,6 +142,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def build_envs(cfg: Config) -> tuple[MultiTaskEnv, MultiTaskEnv]:
+    """The training environment and a separately seeded evaluation environment."""
+    env = MultiTaskEnv(cfg.env.benchmark, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
+    eval_env = MultiTaskEnv(
+        cfg.env.benchmark,
+        seed=cfg.seed + 10_000,
+        max_episode_steps=cfg.env.max_episode_steps,
+        terminate_on_success=cfg.env.eval_terminate_on_success,
+    )
+    return env, eval_env
+
+
 def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool) -> dict[str, Any] | None:
     """Create or validate the run directory; return the checkpoint to resume from, if any."""
     saved_config = run_dir / "config.yaml"
@@ -180,6 +192,7 @@ def train(
     resume: str | None = None,
     force: bool = False,
     checkpoint_writer: Any = None,
+    envs: tuple[MultiTaskEnv, MultiTaskEnv] | None = None,
 ) -> RunResult:
     """Train one multi-task SAC agent as ``cfg`` says, writing outputs to ``run_dir``.
 
@@ -188,6 +201,8 @@ def train(
             checkpoint exists, else start fresh) or a path (resume, error if no checkpoint).
         force: resume even if the config changes the run's meaning (MEANING_KEYS).
         checkpoint_writer: test hook passed to ``save_checkpoint``.
+        envs: prebuilt (training, evaluation) environments matching ``cfg.env`` (tests share
+            one MetaWorld build across runs); they are reset here and left open.
     """
     run_dir = Path(run_dir)
     status = read_status(run_dir)
@@ -200,13 +215,7 @@ def train(
     tcfg = cfg.train
 
     # ---- build everything ------------------------------------------------------------------
-    env = MultiTaskEnv(cfg.env.benchmark, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
-    eval_env = MultiTaskEnv(
-        cfg.env.benchmark,
-        seed=cfg.seed + 10_000,
-        max_episode_steps=cfg.env.max_episode_steps,
-        terminate_on_success=cfg.env.eval_terminate_on_success,
-    )
+    env, eval_env = envs if envs is not None else build_envs(cfg)
     K = env.num_tasks
     if tcfg.batch_size % K:
         raise ConfigError(f"train.batch_size ({tcfg.batch_size}) must be divisible by the number of tasks ({K})")
@@ -240,6 +249,7 @@ def train(
         else:
             print("checkpoint holds no replay buffer: resuming with an empty one (not exact)", file=sys.stderr)
         env.load_state_dict(state["env"])
+        eval_env.load_state_dict(state["eval_env"])
         obs = state["obs"].numpy()
         agent_gen.set_state(state["generators"]["agent"])
         cpu_gen.set_state(state["generators"]["cpu"])
@@ -265,6 +275,7 @@ def train(
             "agent": agent.training_state(),
             "aggregators": {key: agg.state_dict() for key, agg in aggregators.items()},
             "env": env.state_dict(),
+            "eval_env": eval_env.state_dict(),
             "obs": torch.as_tensor(obs),
             "generators": {"agent": agent_gen.get_state(), "cpu": cpu_gen.get_state()},
             "rng": _rng_state(),
@@ -377,8 +388,9 @@ def train(
     progress.update(step, force=True)
     progress.close()
     logger.close()
-    env.close()
-    eval_env.close()
+    if envs is None:
+        env.close()
+        eval_env.close()
     if interrupted:
         name = signal.Signals(stop.signal).name
         write_status(run_dir, "interrupted", step, tcfg.total_steps)
