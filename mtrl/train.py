@@ -26,6 +26,7 @@ import torch
 
 from agents.mtsac import MTSAC
 from envs.metaworld import MultiTaskEnv
+from envs.synthetic import PointMassEnv, is_point_benchmark
 from mtrl import checkpoint as ckpt
 from mtrl.aggregators import Aggregator, make
 from mtrl.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
@@ -142,16 +143,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def make_env(cfg: Config, seed: int, evaluation: bool = False) -> MultiTaskEnv:
+    """One environment of ``cfg.env``: ``Point-<K>`` benchmarks are the synthetic point-mass tasks
+    of ``envs.synthetic``, everything else is MetaWorld. Evaluation envs may end on success."""
+    env_class = PointMassEnv if is_point_benchmark(cfg.env.benchmark) else MultiTaskEnv
+    return env_class(
+        cfg.env.benchmark,
+        seed=seed,
+        max_episode_steps=cfg.env.max_episode_steps,
+        terminate_on_success=evaluation and cfg.env.eval_terminate_on_success,
+    )
+
+
 def build_envs(cfg: Config) -> tuple[MultiTaskEnv, MultiTaskEnv]:
     """The training environment and a separately seeded evaluation environment."""
-    env = MultiTaskEnv(cfg.env.benchmark, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
-    eval_env = MultiTaskEnv(
-        cfg.env.benchmark,
-        seed=cfg.seed + 10_000,
-        max_episode_steps=cfg.env.max_episode_steps,
-        terminate_on_success=cfg.env.eval_terminate_on_success,
-    )
-    return env, eval_env
+    return make_env(cfg, cfg.seed), make_env(cfg, cfg.seed + 10_000, evaluation=True)
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool) -> dict[str, Any] | None:
@@ -409,12 +415,7 @@ def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto") -> lis
     state, path = ckpt.load_latest(run_dir)
     cfg = config_from_dict(state["config"])
     torch_device = resolve_device(device)
-    env = MultiTaskEnv(
-        cfg.env.benchmark,
-        seed=cfg.seed + 20_000,
-        max_episode_steps=cfg.env.max_episode_steps,
-        terminate_on_success=cfg.env.eval_terminate_on_success,
-    )
+    env = make_env(cfg, cfg.seed + 20_000, evaluation=True)
     agent = MTSAC(env.obs_dim, env.action_dim, env.num_tasks, cfg.agent, device=torch_device)
     agent.load_training_state(state["agent"])
 
