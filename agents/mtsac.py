@@ -1,0 +1,268 @@
+"""Multi-task SAC whose critic and actor updates go through gradient aggregators (DESIGN §4).
+
+Losses are written for ONE task (``_critic_loss``, ``_actor_loss``) and mapped over the task
+dimension with ``torch.func.vmap``: the same function gives the per-task Jacobian G [K, P] (one
+vmapped backward) and, on steps that need no G, the loss vector [K] for one ordinary backward of
+``sum_i w_i * loss_i``. Row k of every batch tensor belongs to global task k.
+
+One ``update`` (one training step):
+
+1. critic: soft TD targets under ``no_grad``; per-task losses aggregated by ``critic_agg``;
+2. actor (every ``actor_update_every`` steps): per-task losses aggregated by ``actor_agg``;
+   temperature: the plain per-task sum (each task's ``log_alpha`` only touches its own loss),
+   or aggregated by ``temperature_agg`` when given (MTRL parity);
+3. Polyak update of the target critics (every ``target_update_every`` steps).
+
+Task-specific parameters (``te`` embeddings, ``mh`` heads) take the plain sum of the per-task
+gradients; shared ones get the aggregated direction, written into ``.grad`` before Adam steps.
+A non-finite loss or G skips that component's step; it is counted in the returned metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from agents.networks import Actor, Critic
+from mtrl.aggregators.base import AggContext, Aggregator
+from mtrl.jacobian import grouped_jacobian, per_task_jacobian, unflatten
+from mtrl.replay import Batch
+
+__all__ = ["MTSAC"]
+
+
+class MTSAC(nn.Module):
+    """Shared-backbone multi-task SAC with per-task temperatures."""
+
+    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, cfg: Any, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.cfg, self.num_tasks, self.action_dim = cfg, num_tasks, action_dim
+        net = dict(variant=cfg.variant, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers, embedding_dim=cfg.task_embedding_dim)
+        self.actor = Actor(obs_dim, action_dim, num_tasks, log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max, **net)
+        self.critic = Critic(obs_dim, action_dim, num_tasks, **net)
+        self.critic_target = Critic(obs_dim, action_dim, num_tasks, **net)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.full((num_tasks,), math.log(cfg.init_temperature)))
+        self.target_entropy = -float(action_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
+        self.register_buffer("codes", torch.eye(num_tasks))  # row k: one-hot code of task k
+        self.to(device)
+        self.device = torch.device(device)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.aggregate_temperature = False
+        self.jacobian_method = "vmap"
+
+    # ---- acting -------------------------------------------------------------------------------
+    def act(self, obs: Tensor, deterministic: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """Actions [K, A] for observations [K, obs_dim] of tasks 0..K-1."""
+        obs = obs.to(self.device, torch.float32)
+        noise = None
+        if not deterministic:
+            noise = torch.randn(obs.shape[0], self.action_dim, generator=generator, device=self.device)
+        action, _ = self.actor(obs, self.codes[: obs.shape[0]], noise)
+        return action
+
+    # ---- per-task losses (one task; vmapped over the task dimension) ---------------------------
+    def _critic_loss(self, params: dict[str, Tensor], obs: Tensor, action: Tensor, target: Tensor, code: Tensor) -> Tensor:
+        """Critic TD loss of one task: obs [B, obs_dim], action [B, A], target [B], code [T]."""
+        q1, q2 = functional_call(self.critic, params, (obs, action, code))
+        return (q1 - target).pow(2).mean() + (q2 - target).pow(2).mean()
+
+    def _actor_loss(
+        self, params: dict[str, Tensor], obs: Tensor, noise: Tensor, alpha: Tensor, code: Tensor, critic_params: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Actor loss of one task (alpha * log pi - min Q) and, as aux, its mean log-probability."""
+        action, log_prob = functional_call(self.actor, params, (obs, code, noise))
+        q1, q2 = functional_call(self.critic, critic_params, (obs, action, code))
+        return (alpha * log_prob - torch.min(q1, q2)).mean(), log_prob.mean().detach()
+
+    # ---- the update -----------------------------------------------------------------------------
+    def update(
+        self,
+        batch: Batch,
+        step: int,
+        critic_agg: Aggregator,
+        actor_agg: Aggregator,
+        generator: torch.Generator | None = None,
+        perf: Tensor | None = None,
+        main_task: int | None = None,
+        aggregator_generator: torch.Generator | None = None,
+        temperature_agg: Aggregator | None = None,
+        hyper: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One SAC update on ``batch`` (fields [K, B, ...]); returns float metrics."""
+        K, B = batch.reward.shape
+        codes = self.codes[:K]  # [K, T]
+        metrics: dict[str, Any] = {}
+        context = dict(perf=perf, main_task=main_task, generator=aggregator_generator)
+        alpha = self.log_alpha[:K].exp().detach()  # [K]
+
+        # critic targets (no grad): y = r + gamma (1 - done) (min Q_target(s', a') - alpha log pi(a'|s'))
+        with torch.no_grad():
+            noise = torch.randn(K, B, self.action_dim, generator=generator, device=self.device)
+            next_action, next_log_prob = self.actor(batch.next_obs, codes[:, None], noise)
+            tq1, tq2 = self.critic_target(batch.next_obs, next_action, codes[:, None])
+            soft_value = torch.min(tq1, tq2) - alpha[:, None] * next_log_prob
+            target = batch.reward + self.cfg.discount * (1.0 - batch.done) * soft_value  # [K, B]
+
+        self._component_step(
+            "critic", self.critic, self._critic_loss, (batch.obs, batch.action, target, codes), {},
+            critic_agg, self.critic_optimizer, step, context, metrics, hyper=(hyper or {}).get("critic"),
+        )
+
+        if step % self.cfg.actor_update_every == 0:
+            critic_params = {n: p.detach() for n, p in self.critic.named_parameters()}
+            noise = torch.randn(K, B, self.action_dim, generator=generator, device=self.device)
+            log_prob_mean = self._component_step(
+                "actor", self.actor, self._actor_loss, (batch.obs, noise, alpha, codes), {"critic_params": critic_params},
+                actor_agg, self.actor_optimizer, step, context, metrics, has_aux=True, hyper=(hyper or {}).get("actor"),
+            )
+            if log_prob_mean is not None:
+                self._temperature_step(log_prob_mean, step, temperature_agg, context, metrics)
+
+        if step % self.cfg.target_update_every == 0:
+            with torch.no_grad():
+                for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
+                    tp.lerp_(p, self.cfg.tau)
+        metrics["alpha"] = float(alpha.mean())
+        return metrics
+
+    def _component_step(
+        self,
+        name: str,
+        module: nn.Module,
+        loss_fn,
+        inputs: tuple[Tensor, ...],
+        constants: dict[str, Any],
+        agg: Aggregator,
+        optimizer: torch.optim.Optimizer,
+        step: int,
+        context: dict[str, Any],
+        metrics: dict[str, Any],
+        has_aux: bool = False,
+        hyper: Any = None,
+    ) -> Tensor | None:
+        """Aggregate one component's per-task gradients and step its optimizer.
+
+        Returns the auxiliary output [K] of ``loss_fn`` (or None when the step was skipped)."""
+        K = inputs[0].shape[0]
+        task_ids = torch.arange(K)
+        named = dict(module.named_parameters())
+        specific = set(module.task_specific_names())
+        shared = [n for n in named if n not in specific]
+
+        def one_task(params: dict[str, Tensor], *args: Tensor) -> Any:
+            return loss_fn(params, *args, **constants)
+
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        aux = None
+        if not agg.needs_jacobian(step):
+            # one backward of sum_i w_i loss_i: the direction is w @ G without building G
+            out = vmap(one_task, in_dims=(None,) + (0,) * len(inputs))(named, *inputs)
+            losses, aux = out if has_aux else (out, None)
+            if not bool(torch.isfinite(losses).all()):
+                return self._skip(name, metrics)
+            ctx = AggContext(step=step, task_ids=task_ids, losses=losses.detach(), hyper=hyper, **context)
+            weights = agg.weights_without_jacobian(ctx).to(losses)
+            shared_params = [named[n] for n in shared]
+            grads = torch.autograd.grad((weights * losses).sum(), shared_params, retain_graph=bool(specific))
+            for p, g in zip(shared_params, grads):
+                p.grad = g
+            if specific:
+                spec_params = [named[n] for n in specific]
+                for p, g in zip(spec_params, torch.autograd.grad(losses.sum(), spec_params)):
+                    p.grad = g
+            if agg.max_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(shared_params, agg.max_norm)
+                metrics[f"{name}/grad_norm"] = float(norm)
+            metrics[f"{name}/weights"] = [float(w) for w in weights]
+            metrics[f"{name}/loss"] = float(losses.detach().mean())
+            metrics[f"{name}/jacobian"] = 0.0
+        else:
+            params = {n: p.detach() for n, p in named.items()}
+            rows = agg.rows_needed(step, context["generator"])
+            groups = None
+            if rows is None:
+                result = per_task_jacobian(one_task, params, inputs, shared, method=self.jacobian_method, has_aux=has_aux)
+                losses, aux = result.losses, result.aux
+            else:
+                chosen = set(int(r) for r in rows)
+                rest = torch.tensor([k for k in range(K) if k not in chosen], dtype=torch.long)
+                groups = tuple(torch.tensor([int(r)]) for r in rows) + ((rest,) if rest.numel() else ())
+                result = grouped_jacobian(one_task, params, inputs, groups, shared, has_aux=has_aux)
+                losses = result.losses
+                if has_aux:  # the temperature needs every task's log-probability
+                    with torch.no_grad():
+                        aux = vmap(one_task, in_dims=(None,) + (0,) * len(inputs))(params, *inputs)[1]
+            metrics[f"{name}/jacobian"] = time.perf_counter() - t0
+            if not bool(torch.isfinite(losses).all()):
+                return self._skip(name, metrics)
+            ctx = AggContext(
+                step=step, task_ids=task_ids, losses=losses if groups is None else None,
+                row_groups=groups, hyper=hyper, **context,
+            )
+            try:
+                out = agg(result.G, ctx)
+            except ValueError:
+                if bool(torch.isfinite(result.G).all()):
+                    raise
+                return self._skip(name, metrics)
+            for p, g in zip((named[n] for n in shared), unflatten(out.direction, [named[n] for n in shared])):
+                p.grad = g.clone()
+            for n, g in result.other_grads.items():
+                named[n].grad = g
+            if out.weights is not None:
+                metrics[f"{name}/weights"] = [float(w) for w in out.weights]
+            for key, value in out.info.items():
+                metrics[f"{name}/{key}"] = float(value)
+            metrics[f"{name}/loss"] = float(losses.detach().mean())
+        optimizer.step()
+        metrics[f"{name}/time"] = time.perf_counter() - t0
+        return aux
+
+    def _skip(self, name: str, metrics: dict[str, Any]) -> None:
+        metrics[f"skipped_{name}"] = 1
+        return None
+
+    def _temperature_step(
+        self, log_prob_mean: Tensor, step: int, agg: Aggregator | None, context: dict[str, Any], metrics: dict[str, Any]
+    ) -> None:
+        """Per-task temperature loss -alpha_k (log pi + target entropy); plain sum unless ``agg``."""
+        K = log_prob_mean.shape[0]
+        alpha = self.log_alpha[:K].exp()
+        losses = -(alpha * (log_prob_mean + self.target_entropy).detach())  # [K]
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        if agg is None:
+            losses.sum().backward()
+        else:
+            # row k of G is d loss_k / d log_alpha: nonzero only in column k
+            G = torch.diag(losses.detach())
+            G = torch.cat([G, torch.zeros(K, self.num_tasks - K, device=G.device)], dim=1)
+            out = agg(G, AggContext(step=step, task_ids=torch.arange(K), losses=losses.detach(), **context))
+            self.log_alpha.grad = out.direction.clone()
+        self.alpha_optimizer.step()
+        metrics["temperature/loss"] = float(losses.detach().mean())
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def training_state(self) -> dict[str, Any]:
+        """Networks, target networks, log-alphas and every optimizer state (tensors only)."""
+        return {
+            "model": {k: v.detach().clone() for k, v in self.state_dict().items()},
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict(),
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["model"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
