@@ -1,0 +1,88 @@
+"""Shared machinery of the methods whose weights solve ``M alpha = c * alpha^(-q)``.
+
+Nash-MTL (q = 1, c = 1), FairGrad (q = 1/alpha_fair, c = 1), PIVRG (q = 1/2, c = sqrt(omega)) and
+AuxiNash (q = 1, c = p) differ only in (c, q) and their defaults. This base class owns what they
+share: the warm start indexed by global task id, the fallbacks of spec §2.1.7, the reuse of the
+last weights for T - 1 steps (Nash-MTL-T), and the post-processing (optional x K, max-norm clip).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, is_number
+from mtrl.aggregators.solvers import gram, positive_fixed_point
+
+
+class FixedPointWeighting(Aggregator):
+    """Base class: subclasses implement ``coefficients(ctx, task_ids) -> (c [K], q)``."""
+
+    state_attributes = ("alpha", "step")
+
+    def __init__(
+        self,
+        num_tasks: int,
+        update_every: int = 1,
+        max_norm: float | None = 1.0,
+        scale_by_K: bool = False,
+        warm_start: bool = True,
+    ) -> None:
+        super().__init__(num_tasks)
+        check_option("update_every", update_every, isinstance(update_every, int) and not isinstance(update_every, bool) and update_every >= 1, "an int >= 1")
+        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
+        check_option("scale_by_K", scale_by_K, isinstance(scale_by_K, bool), "True or False")
+        check_option("warm_start", warm_start, isinstance(warm_start, bool), "True or False")
+        self.update_every, self.max_norm, self.scale_by_K, self.warm_start = update_every, max_norm, scale_by_K, warm_start
+        self.alpha = torch.zeros(num_tasks, dtype=torch.float64)  # last weights by global id (0 = none yet)
+        self.step = 0
+
+    def coefficients(self, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, float]:  # pragma: no cover
+        raise NotImplementedError
+
+    # ---- Nash-MTL-T: reuse the stored weights between updates ------------------------------
+    def needs_jacobian(self, step: int) -> bool:
+        return self.update_every == 1 or self.step % self.update_every == 0 or not bool((self.alpha > 0).any())
+
+    def weights_without_jacobian(self, ctx: AggContext) -> Tensor:
+        self.step += 1
+        weights = self.alpha[torch.as_tensor(ctx.task_ids).long().cpu()].clone()
+        return weights * len(weights) if self.scale_by_K else weights
+
+    # ---- one aggregation -----------------------------------------------------------------------
+    def solve(self, M: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, dict[str, float]]:
+        """Weights for the rows of M, with fallbacks; does not touch the state."""
+        c, q = self.coefficients(ctx, task_ids)
+        previous = self.alpha[task_ids].numpy()
+        warm = previous if self.warm_start and np.all(previous > 0) else None
+        result = positive_fixed_point(M, c, q, alpha0=warm)
+        info = {"iterations": float(result.iterations), "residual": result.residual, "fallback_used": 0.0}
+        alpha = result.alpha
+        if not result.ok:
+            info["fallback_used"] = 1.0
+            if np.all(np.isfinite(previous)) and np.all(previous > 0):
+                alpha = previous.copy()  # (i) the previous weights, as the reference code does
+            else:  # (ii) equal weights on normalised gradients: d = (1/K) sum g_i / ||g_i||
+                norms = np.sqrt(np.clip(np.diag(M), 0.0, None))
+                alpha = np.where(norms > 0, 1.0 / (len(norms) * np.maximum(norms, 1e-300)), 0.0)
+        return alpha, info
+
+    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
+        task_ids = torch.as_tensor(ctx.task_ids).long().cpu()
+        if not self.needs_jacobian(ctx.step):  # called with G on a reuse step: same direction
+            self.step += 1
+            alpha = self.alpha[task_ids].numpy()
+            info = {"reused": 1.0}
+        else:
+            alpha, info = self.solve(gram(G), ctx, task_ids)
+            if info["fallback_used"] == 0.0:
+                self.alpha[task_ids] = torch.from_numpy(alpha)
+            self.step += 1
+        weights = torch.from_numpy(alpha)
+        direction = weights.to(G) @ G
+        if self.scale_by_K:
+            direction = direction * G.shape[0]
+        direction, norm = clip_direction(direction, self.max_norm)
+        info["norm"] = norm
+        return Aggregation(direction, weights, info)

@@ -1,0 +1,95 @@
+"""PIVRG [PV]: performance-informed variance-reduction gradient aggregation.
+
+Minimises the omega-weighted mean inverse improvement rate ``(1/K) sum_i omega_i / (g_i^T d)``
+over a ball [PV §3.3, Eq. 4]; its KKT conditions give ``d = G^T alpha`` with
+``M alpha = sqrt(omega / alpha)`` [PV Eqs. 6-8], solved exactly by the shared Newton solver
+(q = 1/2, c = sqrt(omega)) where the paper uses scipy's least squares.
+
+Performance weights [PV §3.2, Eq. 5, App A.1]: ``omega = K softmax(dm / tau)`` with
+``tau = max((dm_max - dm_min) / log s, tau*)``, so that ``sum omega = K`` and every
+``omega_i in [1/s, s]`` (Prop 1). In RL the performance drop of task i is read from its latest
+evaluation success rate (spec §2.5.3): ``dm_i = 100 (1 - SR_i)``, i.e. perfect success is the
+reference; ``ctx.perf`` carries the success rates of all tasks (omega = 1 before the first
+evaluation; a NaN entry, a task not evaluated yet, gets the mean of the others' dm).
+
+Defaults follow the released code [C]: ``bound`` s = 2, ``min_temperature`` tau* = 10,
+``scale_by_K=True``, ``max_norm=1.0``. The weights are warm-started by global task id (the
+released code restarts least squares from 1/K each step; the solution is the same).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtrl.aggregators import register
+from mtrl.aggregators.base import AggContext, check_option, is_number
+from mtrl.aggregators.fixed_point import FixedPointWeighting
+
+__all__ = ["PIVRG", "performance_weights", "success_to_performance_drop"]
+
+
+def success_to_performance_drop(success_rate: Tensor) -> Tensor:
+    """dm_i = 100 (1 - SR_i): Eq. 3 with perfect success as the baseline, in percent."""
+    return 100.0 * (1.0 - success_rate.double())
+
+
+def performance_weights(dm: Tensor, bound: float = 2.0, min_temperature: float = 10.0) -> tuple[Tensor, float]:
+    """omega = K softmax(dm / tau) with the tau rule of [PV App A.1]; returns (omega [K], tau).
+
+    NaN entries get the mean of the finite ones (a neutral weight); all-NaN gives omega = 1."""
+    dm = dm.double().clone()
+    finite = torch.isfinite(dm)
+    if not finite.any():
+        return torch.ones_like(dm), float(min_temperature)
+    dm[~finite] = dm[finite].mean()
+    spread = float(dm.max() - dm.min())
+    tau = max(spread / math.log(bound), min_temperature)
+    z = torch.exp((dm - dm.max()) / tau)
+    return len(dm) * z / z.sum(), tau
+
+
+@register
+class PIVRG(FixedPointWeighting):
+    name = "pivrg"
+    state_attributes = ("alpha", "step", "last_omega")
+
+    def __init__(
+        self,
+        num_tasks: int,
+        bound: float = 2.0,
+        min_temperature: float = 10.0,
+        max_norm: float | None = 1.0,
+        scale_by_K: bool = True,
+        warm_start: bool = True,
+    ) -> None:
+        super().__init__(num_tasks, max_norm=max_norm, scale_by_K=scale_by_K, warm_start=warm_start)
+        check_option("bound", bound, is_number(bound) and bound > 1, "a number > 1")
+        check_option("min_temperature", min_temperature, is_number(min_temperature) and min_temperature > 0, "a positive number")
+        self.bound, self.min_temperature = float(bound), float(min_temperature)
+        self.last_omega = torch.ones(num_tasks, dtype=torch.float64)
+        self._last_tau = self.min_temperature
+
+    def omega(self, ctx: AggContext, task_ids: Tensor) -> tuple[Tensor, float]:
+        """omega over the tasks present, renormalised to sum to K (tasks absent from the batch
+        do not take weight away from the present ones)."""
+        if ctx.perf is None:
+            return torch.ones(len(task_ids), dtype=torch.float64), self.min_temperature
+        omega_all, tau = performance_weights(success_to_performance_drop(torch.as_tensor(ctx.perf)), self.bound, self.min_temperature)
+        omega = omega_all[task_ids]
+        return omega * len(omega) / omega.sum(), tau
+
+    def coefficients(self, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, float]:
+        omega, tau = self.omega(ctx, task_ids)
+        self.last_omega[task_ids] = omega
+        self._last_tau = tau
+        return np.sqrt(omega.numpy()), 0.5
+
+    def aggregate(self, G, ctx):
+        out = super().aggregate(G, ctx)
+        present = self.last_omega[torch.as_tensor(ctx.task_ids).long().cpu()]
+        out.info.update(omega_min=float(present.min()), omega_max=float(present.max()), tau=float(self._last_tau))
+        return out
