@@ -1,0 +1,72 @@
+"""CAGrad [CA]: conflict-averse gradient descent.
+
+Maximise the worst task's improvement ``min_i g_i^T d`` inside the ball ``||d - g0|| <= c ||g0||``
+around the average gradient g0 [CA §3.1, Eq. 3]. Through the dual over the simplex
+[CA Lemma A.2, Eq. 11], ``w* = argmin_w g_w^T g0 + c ||g0|| ||g_w||`` and
+``d = g0 + (c ||g0|| / ||g_{w*}||) g_{w*}``, i.e. weights ``b + lambda w*`` on the rows of G with
+``b = 1/K``. c = 0 is gradient descent on the mean loss; c -> infinity tends to MGDA.
+
+Solvers: ``solver="exact"`` (tight dual solve: SLSQP then Newton on the support, within 1e-9 of
+cvxpy) or ``solver="sgd"`` (the RL recipe of [CA App B.3] as in the MTRL code: 20 momentum-SGD
+steps on softmax logits, lr 25 for K <= 10 else 50, momentum 0.5, best of 21 iterates; the rule
+"K <= 10 -> 25" generalises the paper's MT10 / MT50 values).
+
+``rescale`` (not in the paper, released-code variants [C], spec §2.4.3): 0 none, 1 divide by
+(1 + c^2) (default, MTRL CAGrad), 2 divide by (1 + c). It changes the magnitude only.
+Edge cases (spec §2.4.7): c = 0 or g0 = 0 short-circuit to g0; if ``||g_{w*}|| ~ 0`` (the point
+is Pareto-stationary) the direction is g0. c >= 1 is allowed with a warning (Thm 3.2 needs c < 1).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtrl.aggregators import register
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, is_number
+from mtrl.aggregators.solvers import cagrad_dual_exact, cagrad_dual_sgd, gram
+
+RESCALE = {0: lambda c: 1.0, 1: lambda c: 1.0 + c**2, 2: lambda c: 1.0 + c}
+
+
+def cagrad_weights(M: np.ndarray, b: np.ndarray, c: float, solver: str, lr: float | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """Weights on the rows of G (before rescaling) for the CAGrad problem with ``g0 = G^T b``."""
+    g0_sq = float(b @ M @ b)
+    if c == 0.0 or g0_sq <= 1e-30 * max(float(np.trace(M)), 1e-300):
+        return b.copy(), {"lambda": 0.0}
+    if solver == "exact":
+        w, dual = cagrad_dual_exact(M, b, c)
+        gw = float(np.sqrt(max(w @ M @ w, 0.0)))
+        if gw <= 1e-12 * np.sqrt(g0_sq):
+            return b.copy(), {"lambda": 0.0, "dual": float(dual)}
+        lam = c * np.sqrt(g0_sq) / gw
+        return b + lam * w, {"lambda": float(lam), "dual": float(dual)}
+    w, lam, obj = cagrad_dual_sgd(M, b, c, lr if lr is not None else (25.0 if len(b) <= 10 else 50.0))
+    return b + lam * w, {"lambda": float(lam), "dual": float(obj)}
+
+
+@register
+class CAGrad(Aggregator):
+    name = "cagrad"
+
+    def __init__(
+        self, num_tasks: int, c: float = 0.4, solver: str = "exact", rescale: int = 1, max_norm: float | None = None
+    ) -> None:
+        super().__init__(num_tasks)
+        check_option("c", c, is_number(c) and c >= 0, "a number >= 0")
+        check_option("solver", solver, solver in ("exact", "sgd"), "'exact' or 'sgd'")
+        check_option("rescale", rescale, rescale in RESCALE and not isinstance(rescale, bool), "0, 1 or 2")
+        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
+        if c >= 1:
+            warnings.warn(f"CAGrad with c = {c} >= 1: the convergence guarantee of [CA Thm 3.2] needs c < 1", stacklevel=2)
+        self.c, self.solver, self.rescale, self.max_norm = float(c), solver, rescale, max_norm
+
+    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
+        K = G.shape[0]
+        weights, info = cagrad_weights(gram(G), np.full(K, 1.0 / K), self.c, self.solver)
+        weights = torch.from_numpy(weights / RESCALE[self.rescale](self.c))
+        direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
+        return Aggregation(direction, weights, {**info, "norm": norm})

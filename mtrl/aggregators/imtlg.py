@@ -1,0 +1,60 @@
+"""IMTL-G (Liu et al., 2021, "Towards impartial multi-task learning").
+
+``d = sum_i w_i g_i`` with ``sum_i w_i = 1`` and equal projections on every unit gradient,
+``d . u_i = d . u_j`` (u_i = g_i / ||g_i||) [NM §6 (12), PV App C.2]. Closed form with
+``D = [g_1 - g_k]_{k>=2}`` and ``U = [u_1 - u_k]_{k>=2}``: ``w_{2:K} = g_1^T U^T (D U^T)^-1`` and
+``w_1 = 1 - sum w_{2:K}`` (a 1e-8 ridge where ``D U^T`` is singular). Everything is computed
+from M. Zero gradients are left out (weight 0): their unit vector is undefined. Applied here to
+the shared-parameter gradients (Nash-MTL used feature-level gradients for its IMTL-G rows).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtrl.aggregators import register
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, is_number
+from mtrl.aggregators.solvers import gram, zero_rows
+
+
+def imtlg_weights(M: np.ndarray) -> np.ndarray:
+    K = M.shape[0]
+    w = np.zeros(K)
+    active = np.flatnonzero(~zero_rows(M))
+    if len(active) == 0:
+        return w
+    if len(active) == 1:
+        w[active] = 1.0
+        return w
+    Ma = M[np.ix_(active, active)]
+    norms = np.sqrt(np.diag(Ma))
+    gu = Ma / norms[None, :]  # gu[a, b] = g_a . u_b
+    # (D U^T)[j, k] = (g_0 - g_j) . (u_0 - u_k), j, k >= 1
+    DU = gu[0, 0] - gu[0, None, 1:] - gu[1:, 0, None] + gu[1:, 1:]
+    rhs = gu[0, 0] - gu[0, 1:]  # g_0 . (u_0 - u_k)
+    try:
+        tail = np.linalg.solve(DU.T, rhs)
+    except np.linalg.LinAlgError:
+        tail = np.linalg.solve(DU.T + 1e-8 * np.eye(len(rhs)), rhs)
+    w[active] = np.concatenate([[1.0 - tail.sum()], tail])
+    return w
+
+
+@register
+class IMTLG(Aggregator):
+    name = "imtlg"
+
+    def __init__(self, num_tasks: int, max_norm: float | None = None) -> None:
+        super().__init__(num_tasks)
+        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
+        self.max_norm = max_norm
+
+    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
+        w = imtlg_weights(gram(G))
+        if not np.all(np.isfinite(w)):  # singular beyond the ridge: fall back to the mean
+            w = np.full(G.shape[0], 1.0 / G.shape[0])
+        weights = torch.from_numpy(w)
+        direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
+        return Aggregation(direction, weights, {"norm": norm})
