@@ -183,3 +183,51 @@ def is_number(value: Any) -> bool:
 
 
 HyperClosure = Callable[..., Any]
+
+
+def adam_update(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, t: int, lr: float, weight_decay: float = 0.0,
+                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> int:
+    """One Adam step on a small state tensor, in place (torch.optim.Adam's rule with L2 weight
+    decay); returns the new step count. Used by methods whose learned weights live in state."""
+    t += 1
+    grad = grad + weight_decay * param
+    m.mul_(betas[0]).add_(grad, alpha=1 - betas[0])
+    v.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
+    m_hat = m / (1 - betas[0] ** t)
+    v_hat = v / (1 - betas[1] ** t)
+    param.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+    return t
+
+
+class LossWeighting(Aggregator):
+    """Base of methods that weight the per-task losses (no G needed): ``loss_weights(ctx)`` gives
+    the weights [K] for one step; ``aggregate`` returns ``weights @ G`` for the same state, so
+    the Jacobian path and the one-backward path give the same direction."""
+
+    def __init__(self, num_tasks: int, max_norm: float | None = None) -> None:
+        super().__init__(num_tasks)
+        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
+        self.max_norm = max_norm
+
+    def loss_weights(self, ctx: AggContext) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def needs_jacobian(self, step: int) -> bool:
+        return False
+
+    def weights_without_jacobian(self, ctx: AggContext) -> Tensor:
+        return self.loss_weights(ctx).double()
+
+    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
+        weights = self.loss_weights(ctx).double()
+        direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
+        return Aggregation(direction, weights, {"norm": norm})
+
+    @staticmethod
+    def require_losses(ctx: AggContext, name: str) -> Tensor:
+        if ctx.losses is None:
+            raise ValueError(f"aggregator {name!r} needs the per-task losses in ctx.losses")
+        losses = torch.as_tensor(ctx.losses).detach().double().cpu()
+        if not bool(torch.isfinite(losses).all()):
+            raise ValueError(f"ctx.losses has non-finite entries: {losses.tolist()}")
+        return losses

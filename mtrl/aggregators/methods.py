@@ -9,3 +9,8 @@ from mtrl.aggregators import cagrad_fast  # noqa: F401
 from mtrl.aggregators import mgda  # noqa: F401
 from mtrl.aggregators import pcgrad  # noqa: F401
 from mtrl.aggregators import imtlg  # noqa: F401
+from mtrl.aggregators import rlw  # noqa: F401
+from mtrl.aggregators import dwa  # noqa: F401
+from mtrl.aggregators import uw  # noqa: F401
+from mtrl.aggregators import si  # noqa: F401
+from mtrl.aggregators import famo  # noqa: F401
