@@ -48,22 +48,24 @@ class CAGradFast(Aggregator):
         check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
         self.num_sampled, self.c, self.solver, self.rescale, self.max_norm = num_sampled, float(c), solver, rescale, max_norm
 
+    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor | None:
+        if self.num_sampled >= n:
+            return None
+        return torch.randperm(n, generator=generator)[: self.num_sampled].sort().values
+
     def rows_needed(self, step: int, generator: torch.Generator | None) -> Tensor | None:
         """Sorted global ids of the sampled tasks, or None (all rows) when |S| >= K."""
-        if self.num_sampled >= self.num_tasks:
-            return None
-        return torch.randperm(self.num_tasks, generator=generator)[: self.num_sampled].sort().values
+        return self._sample(self.num_tasks, generator)
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
         K = len(ctx.task_ids) if ctx.row_groups is None else sum(len(g) for g in ctx.row_groups)
         if ctx.row_groups is None:  # a full G: sample here and form the pseudo-rows ourselves
-            sampled = self.rows_needed(ctx.step, ctx.generator)
+            sampled = self._sample(K, ctx.generator)  # positions of the present rows
             if sampled is None:
                 groups = tuple(torch.tensor([i]) for i in range(K))
                 rows = G
             else:
-                position = {int(t): i for i, t in enumerate(torch.as_tensor(ctx.task_ids).tolist())}
-                chosen = [position[int(t)] for t in sampled]
+                chosen = sampled.tolist()
                 rest = [i for i in range(K) if i not in chosen]
                 groups = tuple(torch.tensor([i]) for i in chosen) + ((torch.tensor(rest),) if rest else ())
                 rows = torch.stack([G[i] for i in chosen] + ([G[rest].mean(0)] if rest else []))
