@@ -232,6 +232,7 @@ def cagrad_dual_exact(M: np.ndarray, b: np.ndarray, c: float) -> tuple[np.ndarra
     K = M.shape[0]
     a = M @ b
     r = c * float(np.sqrt(max(b @ M @ b, 0.0)))
+    scale = 1.0 / (float(np.abs(a).max()) + r * float(np.sqrt(max(np.trace(M) / K, 1e-300))) + 1e-300)
 
     def fun(w: np.ndarray) -> float:
         return float(w @ a + r * np.sqrt(max(w @ M @ w, 1e-300)))
@@ -239,8 +240,11 @@ def cagrad_dual_exact(M: np.ndarray, b: np.ndarray, c: float) -> tuple[np.ndarra
     def jac(w: np.ndarray) -> np.ndarray:
         return a + r * (M @ w) / np.sqrt(max(w @ M @ w, 1e-300))
 
-    w = simplex_minimize(fun, jac, K)
-    w = _newton_polish_on_support(w, a, r, M)
+    # Start from the uniform weights; for c >= 1 also from MGDA's min-norm point, the solution as
+    # c -> infinity, where SLSQP from the uniform start stalls on the badly scaled objective.
+    starts = [np.full(K, 1.0 / K)] + ([min_norm_simplex(M)[0]] if c >= 1 else [])
+    candidates = [simplex_minimize(lambda w: scale * fun(w), lambda w: scale * jac(w), K, x0) for x0 in starts]
+    w = min((_newton_polish_on_support(w, a, r, M) for w in candidates), key=fun)
     return w, fun(w)
 
 
