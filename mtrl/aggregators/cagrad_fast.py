@@ -59,27 +59,27 @@ class CAGradFast(Aggregator):
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
         K = len(ctx.task_ids) if ctx.row_groups is None else sum(len(g) for g in ctx.row_groups)
-        if ctx.row_groups is None:  # a full G: sample here and form the pseudo-rows ourselves
+        if ctx.row_groups is None:  # a full G: sample here; pseudo-rows are T @ G, never copied
             sampled = self._sample(K, ctx.generator)  # positions of the present rows
             if sampled is None:
                 groups = tuple(torch.tensor([i]) for i in range(K))
-                rows = G
             else:
                 chosen = sampled.tolist()
                 rest = [i for i in range(K) if i not in chosen]
                 groups = tuple(torch.tensor([i]) for i in chosen) + ((torch.tensor(rest),) if rest else ())
-                rows = torch.stack([G[i] for i in chosen] + ([G[rest].mean(0)] if rest else []))
+            T = np.zeros((len(groups), K))  # row j averages the rows of group j
+            for j, group in enumerate(groups):
+                T[j, group.numpy()] = 1.0 / len(group)
+            M = T @ gram(G) @ T.T
         else:
-            groups, rows = ctx.row_groups, G
+            groups, M = ctx.row_groups, gram(G)
         sizes = np.array([len(g) for g in groups], dtype=np.float64)
         b = sizes / K  # g0 = sum_j (|group_j| / K) row_j: exact mean gradient
-        weights, info = cagrad_weights(gram(rows), b, self.c, self.solver)
+        weights, info = cagrad_weights(M, b, self.c, self.solver)
         weights = torch.from_numpy(weights / RESCALE[self.rescale](self.c))
-        direction, norm = clip_direction(weights.to(rows) @ rows, self.max_norm)
-        info.update(norm=norm, num_rows=float(rows.shape[0]))
-        if ctx.row_groups is not None:  # G holds pseudo-rows: no weighting of per-task rows to report
-            return Aggregation(direction, None, info)
-        per_task = torch.zeros(K, dtype=torch.float64)  # spread each group's weight over its members
-        for weight, group in zip(weights, groups):
-            per_task[group] = weight / len(group)
-        return Aggregation(direction, per_task, info)
+        if ctx.row_groups is None:
+            weights = torch.from_numpy(weights.numpy() @ T)  # back to weights on the rows of G
+        direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
+        info.update(norm=norm, num_rows=float(len(groups)))
+        # with pseudo-rows in G there is no weighting of per-task rows to report
+        return Aggregation(direction, weights if ctx.row_groups is None else None, info)

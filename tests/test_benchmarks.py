@@ -1,0 +1,38 @@
+"""The benchmark scripts run end to end at tiny sizes (no timing is asserted: speed goals live in
+the benchmarks' own output, never in tests)."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import aggregators, collect, jacobian, update
+
+
+def test_aggregator_benchmark_runs_and_writes_ratios(tmp_path):
+    out = tmp_path / "agg.json"
+    assert aggregators.main(["--sizes", "3", "--params", "500", "--repeats", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    methods = data["sizes"]["3"]["methods"]
+    assert {"gram", "nashmtl", "cagrad", "ls"} <= set(methods)
+    assert all("ratio" in m for m in methods.values())
+    assert all("ratio" in t for t in data["sizes"]["3"]["targets"])
+
+
+def test_jacobian_benchmark_runs(tmp_path):
+    out = tmp_path / "jac.json"
+    assert jacobian.main(["--num-tasks", "3", "--batch", "8", "--hidden", "16", "--repeats", "1", "--json", str(out)]) == 0
+    assert "ratio" in json.loads(out.read_text())["comparisons"]["vmap_vs_backward"]
+
+
+def test_update_benchmark_runs(tmp_path):
+    out = tmp_path / "update.json"
+    argv = ["--sizes", "3", "--batch", "8", "--hidden", "16", "--repeats", "1", "--methods", "ls", "nashmtl", "cagrad", "cagrad_fast", "--json", str(out)]
+    assert update.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["sizes"]["3"]["methods"]["nashmtl"]["ratio"] > 0
+
+
+def test_collect_benchmark_runs(tmp_path):
+    out = tmp_path / "collect.json"
+    assert collect.main(["--benchmark", "MT1-reach-v3", "--steps", "20", "--repeats", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["ratio"] > 0
