@@ -31,6 +31,7 @@ from mtrl import checkpoint as ckpt
 from mtrl.aggregators import Aggregator, make
 from mtrl.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from mtrl.evaluate import evaluate
+from mtrl.jacobian import configure_allocator
 from mtrl.metrics import MetricsLogger, ProgressLine, read_status, truncate_metric_files, write_status
 from mtrl.replay import MultiTaskReplay
 
@@ -218,6 +219,7 @@ def train(
             return RunResult(run_dir, int(status["step"]), False, status.get("last_success"))
     state = _prepare_run_dir(cfg, run_dir, resume, force)
     device = resolve_device(cfg.device)
+    configure_allocator()
     tcfg = cfg.train
 
     # ---- build everything ------------------------------------------------------------------

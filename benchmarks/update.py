@@ -1,0 +1,109 @@
+"""Full multi-task SAC update per aggregator, relative to LS, measured side by side.
+
+One ``MTSAC.update`` (critic + actor + temperature + target update) of the paper configuration
+(3 x 400 networks, 128 transitions per task, obs 39, action 4) on random batches, for K = 10
+and K = 50. ``ls`` needs one backward per component; G-based methods build the per-task
+Jacobian; ``nashmtl(T=100)`` is Nash-MTL-100 averaged over its schedule. DESIGN §8 targets:
+Nash-MTL (T = 1) <= 1.3 x LS, CAGrad <= 1.3 x LS, CAGrad-Fast at K = 50 <= 0.5 x CAGrad.
+
+    mtrl bench update [--sizes 10 50] [--methods ...] [--device auto] [--repeats 5] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from agents.mtsac import MTSAC
+from benchmarks.common import print_table, time_interleaved, write_json
+from mtrl.aggregators import REGISTRY, make
+from mtrl.config import AgentConfig
+from mtrl.jacobian import configure_allocator
+from mtrl.replay import Batch
+
+VARIANTS = {"nashmtl(T=100)": ("nashmtl", {"update_every": 100})}
+
+
+def bench_size(K: int, B: int, hidden: int, methods: list[str], repeats: int, device: torch.device) -> dict:
+    gen = torch.Generator().manual_seed(K)
+    batch = Batch(
+        obs=torch.randn(K, B, 39, generator=gen).to(device),
+        action=(torch.rand(K, B, 4, generator=gen) * 2 - 1).to(device),
+        reward=torch.randn(K, B, generator=gen).to(device),
+        next_obs=torch.randn(K, B, 39, generator=gen).to(device),
+        done=torch.zeros(K, B).to(device),
+    )
+    cfg = AgentConfig(hidden_dim=hidden)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        agent = MTSAC(39, 4, K, cfg, device=device)
+    initial = agent.training_state()
+    functions = {}
+    for label in methods:
+        name, options = VARIANTS.get(label, (label, {}))
+        critic, actor = make(name, K, **options), make(name, K, **options)
+        state = {"step": 0}
+        agent_gen = torch.Generator(device=device).manual_seed(0)
+        cpu_gen = torch.Generator().manual_seed(0)
+
+        def update(critic=critic, actor=actor, state=state, agent_gen=agent_gen, cpu_gen=cpu_gen):
+            agent.update(batch, state["step"], critic, actor, generator=agent_gen, aggregator_generator=cpu_gen)
+            state["step"] += 1
+
+        functions[label] = update
+    # Nash-MTL-T is timed over whole schedules: one call runs T updates.
+    for label, (name, options) in VARIANTS.items():
+        if label in functions:
+            single = functions[label]
+            T = options["update_every"]
+            functions[label] = lambda single=single, T=T: [single() for _ in range(T)]
+    times = time_interleaved(functions, repeats, warmup=1, device=device)
+    for label, (_, options) in VARIANTS.items():
+        if label in times:
+            times[label] /= options["update_every"]
+    agent.load_training_state(initial)
+    base = times["ls"]
+    results = {label: {"ms": t * 1e3, "ratio": t / base} for label, t in times.items()}
+    print(f"\nK = {K}, batch {K} x {B}, hidden {hidden}, device {device}; median of {repeats} interleaved updates")
+    print_table(["method", "ms/update", "x LS"], [[label, t * 1e3, t / base] for label, t in times.items()])
+    checks = []
+    for label, limit in (("nashmtl", 1.3), ("cagrad", 1.3)):
+        if label in times:
+            ratio = times[label] / base
+            checks.append({"target": f"{label} <= {limit} x LS", "ratio": ratio, "pass": ratio <= limit})
+    if K >= 50 and "cagrad_fast" in times and "cagrad" in times:
+        ratio = times["cagrad_fast"] / times["cagrad"]
+        checks.append({"target": "cagrad_fast <= 0.5 x cagrad", "ratio": ratio, "pass": ratio <= 0.5})
+    for check in checks:
+        print(f"  {'PASS' if check['pass'] else 'FAIL'}  {check['target']}: {check['ratio']:.2f}")
+    return {"methods": results, "targets": checks}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mtrl bench update", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--methods", nargs="+", default=None, help="registry names (default: all, plus nashmtl(T=100))")
+    parser.add_argument("--batch", type=int, default=128, help="transitions per task")
+    parser.add_argument("--hidden", type=int, default=400)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    configure_allocator()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    methods = args.methods or [*sorted(REGISTRY), *VARIANTS]
+    if "ls" not in methods:
+        methods = ["ls", *methods]
+    unknown = [m for m in methods if m not in REGISTRY and m not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join([*sorted(REGISTRY), *VARIANTS])}")
+    payload = {"benchmark": "update", "device": str(device), "sizes": {}}
+    for K in args.sizes:
+        payload["sizes"][str(K)] = bench_size(K, args.batch, args.hidden, methods, args.repeats, device)
+    write_json(args.json, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
