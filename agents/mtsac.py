@@ -56,7 +56,6 @@ class MTSAC(nn.Module):
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
-        self.aggregate_temperature = False
         self.jacobian_method = "vmap"
 
     # ---- acting -------------------------------------------------------------------------------
@@ -197,7 +196,7 @@ class MTSAC(nn.Module):
                 chosen = set(int(r) for r in rows)
                 rest = torch.tensor([k for k in range(K) if k not in chosen], dtype=torch.long)
                 groups = tuple(torch.tensor([int(r)]) for r in rows) + ((rest,) if rest.numel() else ())
-                result = grouped_jacobian(one_task, params, inputs, groups, shared, has_aux=has_aux)
+                result = grouped_jacobian(one_task, params, inputs, groups, shared, has_aux=has_aux, method=self.jacobian_method)
                 losses = result.losses
                 if has_aux:  # the temperature needs every task's log-probability
                     with torch.no_grad():
@@ -216,7 +215,7 @@ class MTSAC(nn.Module):
                     raise
                 return self._skip(name, metrics)
             for p, g in zip((named[n] for n in shared), unflatten(out.direction, [named[n] for n in shared])):
-                p.grad = g.clone()
+                p.grad = g  # views of the one direction tensor: no copy
             for n, g in result.other_grads.items():
                 named[n].grad = g
             if out.weights is not None:

@@ -133,6 +133,7 @@ def grouped_jacobian(
     wrt: Sequence[str] | None = None,
     *,
     has_aux: bool = False,
+    method: str = "vmap",
 ) -> JacobianResult:
     """Rows for groups of tasks: singleton groups come from one vmapped pass, every larger group
     from one gradient of its mean loss. ``losses`` holds each group's mean loss; ``other_grads``
@@ -145,7 +146,7 @@ def grouped_jacobian(
     single_rows = {}
     if singles:
         index = torch.tensor(singles, device=inputs[0].device)
-        part = per_task_jacobian(loss_fn, params, tuple(x[index] for x in inputs), wrt, has_aux=has_aux)
+        part = per_task_jacobian(loss_fn, params, tuple(x[index] for x in inputs), wrt, method=method, has_aux=has_aux)
         single_rows = {task: (part.G[i], part.losses[i]) for i, task in enumerate(singles)}
         other = dict(part.other_grads)
     in_dims = (None,) + (0,) * len(inputs)

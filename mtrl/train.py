@@ -118,10 +118,13 @@ def _signals(flag: _StopFlag) -> Iterator[None]:
 
 def _build_aggregators(cfg: Config, num_tasks: int) -> dict[str, Aggregator]:
     base = dict(cfg.aggregator.options)
-    return {
+    out = {
         "critic": make(cfg.aggregator.name, num_tasks, **{**base, **cfg.aggregator.critic_options}),
         "actor": make(cfg.aggregator.name, num_tasks, **{**base, **cfg.aggregator.actor_options}),
     }
+    if cfg.aggregator.aggregate_temperature:  # MTRL parity: the temperature loss aggregated too
+        out["temperature"] = make(cfg.aggregator.name, num_tasks, **{**base, **cfg.aggregator.actor_options})
+    return out
 
 
 def _rng_state() -> dict[str, Any]:
@@ -235,8 +238,9 @@ def train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         agent = MTSAC(env.obs_dim, env.action_dim, K, cfg.agent, device=device)
-    agent.aggregate_temperature = cfg.aggregator.aggregate_temperature
+    agent.jacobian_method = cfg.aggregator.jacobian
     aggregators = _build_aggregators(cfg, K)
+    temperature_agg = aggregators.pop("temperature", None)
     replay = MultiTaskReplay(K, max(1, tcfg.replay_capacity // K), env.obs_dim, env.action_dim, device, seed=cfg.seed)
     agent_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     cpu_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -250,7 +254,7 @@ def train(
     if state is not None:
         truncate_metric_files(run_dir, state["metric_offsets"])
         agent.load_training_state(state["agent"])
-        for key, agg in aggregators.items():
+        for key, agg in {**aggregators, **({"temperature": temperature_agg} if temperature_agg else {})}.items():
             agg.load_state_dict(state["aggregators"][key])
         if "replay" in state:
             replay.load_state_dict(state["replay"])
@@ -281,7 +285,10 @@ def train(
             "perf": perf,
             "last_success": last_success,
             "agent": agent.training_state(),
-            "aggregators": {key: agg.state_dict() for key, agg in aggregators.items()},
+            "aggregators": {
+                key: agg.state_dict()
+                for key, agg in {**aggregators, **({"temperature": temperature_agg} if temperature_agg else {})}.items()
+            },
             "env": env.state_dict(),
             "eval_env": eval_env.state_dict(),
             "obs": torch.as_tensor(obs),
@@ -354,6 +361,7 @@ def train(
                         perf=perf,
                         main_task=main_task,
                         aggregator_generator=cpu_gen,
+                        temperature_agg=temperature_agg,
                     )
                     for key in skipped:
                         skipped[key] += int(update_metrics.get(f"skipped_{key}", 0))
