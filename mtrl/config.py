@@ -224,9 +224,22 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"agent.log_std_min ({cfg.agent.log_std_min}) must be below agent.log_std_max ({cfg.agent.log_std_max})"
         )
+    _check_aggregator(cfg.aggregator)
     device = cfg.device
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got {device!r}")
+
+
+def _check_aggregator(agg: AggregatorConfig) -> None:
+    """The aggregator name and its options, checked by building it (errors name the valid ones)."""
+    from mtrl.aggregators import make
+
+    for field_name in ("options", "critic_options", "actor_options"):
+        options = {**agg.options, **getattr(agg, field_name)} if field_name != "options" else agg.options
+        try:
+            make(agg.name, 1, **options)
+        except ValueError as err:
+            raise ConfigError(f"aggregator: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------

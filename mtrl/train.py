@@ -254,8 +254,12 @@ def train(
     if state is not None:
         truncate_metric_files(run_dir, state["metric_offsets"])
         agent.load_training_state(state["agent"])
-        for key, agg in {**aggregators, **({"temperature": temperature_agg} if temperature_agg else {})}.items():
-            agg.load_state_dict(state["aggregators"][key])
+        saved_aggregator = state["config"]["aggregator"]
+        if saved_aggregator == config_to_dict(cfg)["aggregator"]:
+            for key, agg in {**aggregators, **({"temperature": temperature_agg} if temperature_agg else {})}.items():
+                agg.load_state_dict(state["aggregators"][key])
+        else:  # only reachable with --force: the new method starts from its initial state
+            print("the aggregator changed (--force): its state starts fresh", file=sys.stderr)
         if "replay" in state:
             replay.load_state_dict(state["replay"])
         else:

@@ -38,6 +38,9 @@ def test_every_registry_method_has_an_mt10_config():
         ({"train": {"progress": "yes"}}, "train.progress must be a bool"),
         ({"device": "gpu"}, "device must be one of auto, cpu, cuda, cuda:N, mps; got 'gpu'"),
         ({"seed": -1}, "seed must be >= 0, got -1"),
+        ({"aggregator": {"name": "nash"}}, "unknown aggregator 'nash'; registered: cagrad"),
+        ({"aggregator": {"name": "nashmtl", "options": {"T": 5}}}, "unknown option(s) ['T'] for aggregator 'nashmtl'; accepted: update_every"),
+        ({"aggregator": {"name": "cagrad", "options": {"c": -1}}}, "invalid value -1 for option 'c'"),
     ],
 )
 def test_bad_config_names_the_key_and_the_allowed_values(data, message):
@@ -47,7 +50,7 @@ def test_bad_config_names_the_key_and_the_allowed_values(data, message):
 
 
 def test_overrides_go_through_the_same_checks():
-    data = apply_overrides({}, ["train.total_steps=500", "aggregator.options.c=0.4", "seed=0"])
+    data = apply_overrides({}, ["train.total_steps=500", "aggregator.name=cagrad", "aggregator.options.c=0.4", "seed=0"])
     cfg = config_from_dict(data)
     assert cfg.train.total_steps == 500 and cfg.aggregator.options == {"c": 0.4} and cfg.seed == 0
     with pytest.raises(ConfigError, match="unknown key 'train.totalsteps'"):

@@ -57,7 +57,7 @@ def test_best_final_sem_and_iqm_match_hand_computation(runs, tmp_path):
     assert nash.best_mean == pytest.approx((1.0 + 0.75) / 2)
     assert nash.best_sem == pytest.approx(0.125)
     assert nash.final_mean == pytest.approx(0.875)
-    assert ls.per_task_best == {"reach-v3": pytest.approx(2 / 3), "push-v3": pytest.approx(2 / 3)}
+    assert ls.per_task_best == {"reach-v3": pytest.approx((1.0 + 1.0 + 0.5) / 3), "push-v3": pytest.approx((0.5 + 1.0 + 0.5) / 3)}
     assert ls.per_task_final == {"reach-v3": pytest.approx(0.5), "push-v3": pytest.approx(2 / 3)}
     data = json.loads(out_json.read_text())
     assert set(data["ls"]) >= {"best_mean", "best_sem", "final_mean", "iqm", "iqm_ci", "n_seeds"}

@@ -27,7 +27,7 @@ def write_sweep(tmp_path: Path, methods: dict, seeds=(0, 1), extra_sets=()) -> P
     sweep.write_text(yaml.safe_dump({
         "name": "t", "base": "base.yaml", "seeds": list(seeds), "out": str(tmp_path / "runs"),
         "set": ["train.total_steps=400", "train.eval_every=200", *extra_sets], "methods": methods,
-    }))
+    }, sort_keys=False))
     return sweep
 
 
@@ -57,10 +57,11 @@ def test_finished_runs_are_skipped_and_a_failing_run_does_not_stop_the_others(tm
     methods = {"ok": {"aggregator": {"name": "ls"}}, "broken": {"aggregator": {"name": "ls"}, "env": {"benchmark": "Point-3"}}}
     sweep_path = write_sweep(tmp_path, methods, seeds=(0,))
     sweep = load_sweep(sweep_path)
-    done = sweep.runs[0].run_dir
+    runs = {run.label: run for run in sweep.runs}
+    done = runs["ok"].run_dir
     done.mkdir(parents=True)
     (done / "status.json").write_text(json.dumps({"state": "finished", "step": 400, "total_steps": 400}))
-    broken = sweep.runs[1].run_dir
+    broken = runs["broken"].run_dir
     broken.mkdir(parents=True)
     (broken / "config.yaml").write_text(yaml.safe_dump({"seed": 99}))  # belongs to another run
     assert main([str(sweep_path), "--jobs", "1"]) == 1
