@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -30,10 +31,26 @@ from torch.func import functional_call, vmap
 
 from agents.networks import Actor, Critic
 from mtrl.aggregators.base import AggContext, Aggregator
+from mtrl.aggregators.hypergrad import HyperContext
 from mtrl.jacobian import grouped_jacobian, per_task_jacobian, unflatten
 from mtrl.replay import Batch
 
-__all__ = ["MTSAC"]
+__all__ = ["HyperBatches", "MTSAC"]
+
+
+@dataclass(frozen=True)
+class HyperBatches:
+    """Data for the outer step of the bilevel aggregators (AuxiNash, AuxiLearn).
+
+    Attributes:
+        train: returns a fresh training batch (fields [K, B, ...]) for the Hessian of L_T.
+        val: returns the validation batch (fields [V, B, ...]); row v belongs to ``val_tasks[v]``.
+        val_tasks: global task ids of the validation rows (the main task, or all tasks).
+    """
+
+    train: Callable[[], Batch]
+    val: Callable[[], Batch]
+    val_tasks: Tensor
 
 
 class MTSAC(nn.Module):
@@ -94,34 +111,39 @@ class MTSAC(nn.Module):
         main_task: int | None = None,
         aggregator_generator: torch.Generator | None = None,
         temperature_agg: Aggregator | None = None,
-        hyper: dict[str, Any] | None = None,
+        hyper_batches: HyperBatches | None = None,
     ) -> dict[str, Any]:
-        """One SAC update on ``batch`` (fields [K, B, ...]); returns float metrics."""
+        """One SAC update on ``batch`` (fields [K, B, ...]); returns float metrics.
+
+        ``hyper_batches`` gives the bilevel methods (AuxiNash, AuxiLearn) fresh training and
+        validation batches for their outer step; it is only sampled on the steps that use it."""
         K, B = batch.reward.shape
         codes = self.codes[:K]  # [K, T]
         metrics: dict[str, Any] = {}
         context = dict(perf=perf, main_task=main_task, generator=aggregator_generator)
         alpha = self.log_alpha[:K].exp().detach()  # [K]
 
-        # critic targets (no grad): y = r + gamma (1 - done) (min Q_target(s', a') - alpha log pi(a'|s'))
-        with torch.no_grad():
-            noise = torch.randn(K, B, self.action_dim, generator=generator, device=self.device)
-            next_action, next_log_prob = self.actor(batch.next_obs, codes[:, None], noise)
-            tq1, tq2 = self.critic_target(batch.next_obs, next_action, codes[:, None])
-            soft_value = torch.min(tq1, tq2) - alpha[:, None] * next_log_prob
-            target = batch.reward + self.cfg.discount * (1.0 - batch.done) * soft_value  # [K, B]
+        def critic_inputs(b: Batch, rows: Tensor) -> tuple[Tensor, ...]:
+            return (b.obs, b.action, self._critic_target(b, rows, generator), self.codes[rows])
 
+        def actor_inputs(b: Batch, rows: Tensor) -> tuple[Tensor, ...]:
+            noise = torch.randn(*b.reward.shape, self.action_dim, generator=generator, device=self.device)
+            return (b.obs, noise, self.log_alpha[rows].exp().detach(), self.codes[rows])
+
+        all_rows = torch.arange(K, device=self.device)
         self._component_step(
-            "critic", self.critic, self._critic_loss, (batch.obs, batch.action, target, codes), {},
-            critic_agg, self.critic_optimizer, step, context, metrics, hyper=(hyper or {}).get("critic"),
+            "critic", self.critic, self._critic_loss, critic_inputs(batch, all_rows), {},
+            critic_agg, self.critic_optimizer, step, context, metrics,
+            hyper=self._hyper_context(self.critic, self._critic_loss, critic_inputs, {}, critic_agg, hyper_batches),
         )
 
         if step % self.cfg.actor_update_every == 0:
             critic_params = {n: p.detach() for n, p in self.critic.named_parameters()}
-            noise = torch.randn(K, B, self.action_dim, generator=generator, device=self.device)
+            constants = {"critic_params": critic_params}
             log_prob_mean = self._component_step(
-                "actor", self.actor, self._actor_loss, (batch.obs, noise, alpha, codes), {"critic_params": critic_params},
-                actor_agg, self.actor_optimizer, step, context, metrics, has_aux=True, hyper=(hyper or {}).get("actor"),
+                "actor", self.actor, self._actor_loss, actor_inputs(batch, all_rows), constants,
+                actor_agg, self.actor_optimizer, step, context, metrics, has_aux=True,
+                hyper=self._hyper_context(self.actor, self._actor_loss, actor_inputs, constants, actor_agg, hyper_batches, has_aux=True),
             )
             if log_prob_mean is not None:
                 self._temperature_step(log_prob_mean, step, temperature_agg, context, metrics)
@@ -132,6 +154,49 @@ class MTSAC(nn.Module):
                     tp.lerp_(p, self.cfg.tau)
         metrics["alpha"] = float(alpha.mean())
         return metrics
+
+    def _critic_target(self, batch: Batch, rows: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Soft TD targets [R, B] under no_grad: r + gamma (1 - done) (min Q_target(s', a') - alpha log pi(a'|s'))
+        for a batch whose row r belongs to global task ``rows[r]``."""
+        with torch.no_grad():
+            codes = self.codes[rows]
+            noise = torch.randn(*batch.reward.shape, self.action_dim, generator=generator, device=self.device)
+            next_action, next_log_prob = self.actor(batch.next_obs, codes[:, None], noise)
+            tq1, tq2 = self.critic_target(batch.next_obs, next_action, codes[:, None])
+            soft_value = torch.min(tq1, tq2) - self.log_alpha[rows].exp()[:, None] * next_log_prob
+            return batch.reward + self.cfg.discount * (1.0 - batch.done) * soft_value
+
+    def _hyper_context(
+        self, module: nn.Module, loss_fn, make_inputs, constants: dict[str, Any], agg: Aggregator,
+        batches: HyperBatches | None, has_aux: bool = False,
+    ) -> HyperContext | None:
+        """Closures over fresh batches for an aggregator's outer step (None if it has none).
+
+        ``train_losses``: per-task losses [K] on a fresh batch; ``val_loss``: the mean loss of the
+        validation rows (the main task, or every task) on the validation batch. Both are
+        differentiable in the module's live shared parameters, so Hessian-vector products work."""
+        if batches is None or not getattr(agg, "uses_hyper", False):
+            return None
+        named = dict(module.named_parameters())
+        specific = set(module.task_specific_names())
+        shared = tuple(p for n, p in named.items() if n not in specific)
+
+        def losses(b: Batch, rows: Tensor) -> Tensor:
+            def one_task(params: dict[str, Tensor], *args: Tensor) -> Any:
+                out = loss_fn(params, *args, **constants)
+                return out[0] if has_aux else out
+
+            inputs = make_inputs(b, rows)
+            return vmap(one_task, in_dims=(None,) + (0,) * len(inputs))(named, *inputs)
+
+        def train_losses() -> Tensor:
+            b = batches.train()
+            return losses(b, torch.arange(b.reward.shape[0], device=self.device))
+
+        def val_loss() -> Tensor:
+            return losses(batches.val(), batches.val_tasks.to(self.device)).mean()
+
+        return HyperContext(params=shared, train_losses=train_losses, val_loss=val_loss)
 
     def _component_step(
         self,
@@ -183,6 +248,8 @@ class MTSAC(nn.Module):
                 norm = torch.nn.utils.clip_grad_norm_(shared_params, agg.max_norm)
                 metrics[f"{name}/grad_norm"] = float(norm)
             metrics[f"{name}/weights"] = [float(w) for w in weights]
+            if hasattr(agg, "log_info"):
+                metrics.update({f"{name}/{k}": float(v) for k, v in agg.log_info().items()})
             metrics[f"{name}/loss"] = float(losses.detach().mean())
             metrics[f"{name}/jacobian"] = 0.0
         else:

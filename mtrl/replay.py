@@ -55,9 +55,20 @@ class MultiTaskReplay:
         action_dim: int,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        holdout_every: int = 0,
+        holdout_tasks: list[int] | None = None,
     ) -> None:
         if capacity_per_task < 1:
             raise ValueError(f"capacity_per_task must be >= 1, got {capacity_per_task}")
+        if holdout_every and holdout_every < 2:
+            raise ValueError(f"holdout_every must be 0 (no hold-out) or >= 2, got {holdout_every}")
+        # Hold-out (AuxiLearn's auxiliary set): for the tasks in holdout_tasks, the ring slots
+        # s with s % holdout_every == holdout_every - 1 are never sampled for training; they are
+        # the validation data of sample_holdout. Other tasks use every slot.
+        self.holdout_every = int(holdout_every)
+        self.holdout_tasks = torch.as_tensor(
+            list(range(num_tasks)) if holdout_tasks is None else list(holdout_tasks), dtype=torch.long
+        ) if holdout_every else torch.zeros(0, dtype=torch.long)
         self.num_tasks, self.capacity = num_tasks, capacity_per_task
         self.device = torch.device(device)
         shape = (num_tasks, capacity_per_task)
@@ -90,8 +101,26 @@ class MultiTaskReplay:
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         index = torch.randint(self.size, (self.num_tasks, batch_per_task), generator=self.generator)
+        if len(self.holdout_tasks):
+            n = self.size - self.size // self.holdout_every  # training slots among the filled ones
+            r = torch.randint(n, (len(self.holdout_tasks), batch_per_task), generator=self.generator)
+            index[self.holdout_tasks] = r + r // (self.holdout_every - 1)  # skip the held-out slots
         index = index.to(self.device)  # [K, B]
         rows = torch.arange(self.num_tasks, device=self.device)[:, None]
+        return Batch(**{name: self._data[name][rows, index] for name in _FIELDS})
+
+    def holdout_size(self) -> int:
+        """Held-out transitions per hold-out task."""
+        return self.size // self.holdout_every if self.holdout_every else 0
+
+    def sample_holdout(self, batch_per_task: int) -> Batch:
+        """``batch_per_task`` held-out transitions of every hold-out task: fields [H, B, ...]."""
+        n = self.holdout_size()
+        if n == 0:
+            raise ValueError("the replay buffer holds no held-out transitions yet")
+        j = torch.randint(n, (len(self.holdout_tasks), batch_per_task), generator=self.generator)
+        index = (j * self.holdout_every + self.holdout_every - 1).to(self.device)
+        rows = self.holdout_tasks.to(self.device)[:, None]
         return Batch(**{name: self._data[name][rows, index] for name in _FIELDS})
 
     def state_dict(self) -> dict:

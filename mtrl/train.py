@@ -24,16 +24,17 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from agents.mtsac import MTSAC
+from agents.mtsac import MTSAC, HyperBatches
 from envs.metaworld import MultiTaskEnv
 from envs.synthetic import PointMassEnv, is_point_benchmark
 from mtrl import checkpoint as ckpt
 from mtrl.aggregators import Aggregator, make
+from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
 from mtrl.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from mtrl.evaluate import evaluate
 from mtrl.jacobian import configure_allocator
 from mtrl.metrics import MetricsLogger, ProgressLine, read_status, truncate_metric_files, write_status
-from mtrl.replay import MultiTaskReplay
+from mtrl.replay import Batch, MultiTaskReplay
 
 __all__ = ["RunResult", "resolve_device", "train", "MEANING_KEYS"]
 
@@ -147,6 +148,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _hyper_batches(replay: MultiTaskReplay, batch_per_task: int, validation_tasks: list[int], holdout: bool) -> HyperBatches:
+    """Fresh batches for the outer step of AuxiNash / AuxiLearn: training batches from the replay,
+    validation rows from the held-out slots (AuxiLearn) or a fresh training batch (AuxiNash [AN §4.2])."""
+    rows = torch.tensor(validation_tasks, dtype=torch.long)
+
+    def val() -> Batch:
+        if holdout:
+            return replay.sample_holdout(batch_per_task)
+        b = replay.sample(batch_per_task)
+        index = rows.to(b.obs.device)
+        return Batch(**{f.name: getattr(b, f.name)[index] for f in dataclasses.fields(Batch)})
+
+    return HyperBatches(train=lambda: replay.sample(batch_per_task), val=val, val_tasks=rows)
+
+
 def make_env(cfg: Config, seed: int, evaluation: bool = False) -> MultiTaskEnv:
     """One environment of ``cfg.env``: ``Point-<K>`` benchmarks are the synthetic point-mass tasks
     of ``envs.synthetic``, everything else is MetaWorld. Evaluation envs may end on success."""
@@ -241,7 +257,14 @@ def train(
     agent.jacobian_method = cfg.aggregator.jacobian
     aggregators = _build_aggregators(cfg, K)
     temperature_agg = aggregators.pop("temperature", None)
-    replay = MultiTaskReplay(K, max(1, tcfg.replay_capacity // K), env.obs_dim, env.action_dim, device, seed=cfg.seed)
+    # AuxiLearn trains its combiner on held-out main-task transitions that training never samples
+    holdout_every = max((getattr(agg, "holdout_every", 0) for agg in aggregators.values()), default=0)
+    validation_tasks = list(range(K)) if main_task is None else [main_task]
+    replay = MultiTaskReplay(
+        K, max(1, tcfg.replay_capacity // K), env.obs_dim, env.action_dim, device, seed=cfg.seed,
+        holdout_every=holdout_every, holdout_tasks=validation_tasks,
+    )
+    uses_hyper = any(getattr(agg, "uses_hyper", False) for agg in aggregators.values())
     agent_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     cpu_gen = torch.Generator().manual_seed(cfg.seed + 1)
     action_low = torch.as_tensor(env.action_low, dtype=torch.float32)
@@ -324,6 +347,13 @@ def train(
         extra = {"eval/mean_success": last_success, "eval/mean_return": float(np.mean(result.mean_return))}
         if main_task is not None:
             extra["eval/main_success"] = rates[main_task]
+        for key, agg in aggregators.items():  # PIVRG and PI-methods: the omega this evaluation sets
+            if agg.name == "pivrg" or getattr(agg, "pi", False):
+                omega, tau = performance_weights(
+                    success_to_performance_drop(perf), getattr(agg, "bound", 2.0), getattr(agg, "min_temperature", 10.0)
+                )
+                extra[f"{key}/omega"] = [float(w) for w in omega]
+                extra[f"{key}/tau"] = tau
         logger.log(step, extra)
 
     # ---- the loop --------------------------------------------------------------------------
@@ -356,6 +386,9 @@ def train(
                 if step >= tcfg.warmup_steps:
                     t0 = time.perf_counter()
                     batch = replay.sample(tcfg.batch_size // K)
+                    hyper_batches = None
+                    if uses_hyper and (not holdout_every or replay.holdout_size() > 0):
+                        hyper_batches = _hyper_batches(replay, tcfg.batch_size // K, validation_tasks, bool(holdout_every))
                     update_metrics = agent.update(
                         batch,
                         update_step,
@@ -366,6 +399,7 @@ def train(
                         main_task=main_task,
                         aggregator_generator=cpu_gen,
                         temperature_agg=temperature_agg,
+                        hyper_batches=hyper_batches,
                     )
                     for key in skipped:
                         skipped[key] += int(update_metrics.get(f"skipped_{key}", 0))

@@ -94,12 +94,17 @@ AGGREGATORS = {
     "cagrad_fast": {"name": "cagrad_fast", "options": {"num_sampled": 1, "c": 0.5}},
     "pcgrad": {"name": "pcgrad"},
     "pivrg": {"name": "pivrg"},
+    # bilevel methods in main-task mode, with outer steps before and after the kill
+    "auxinash": {"name": "auxinash", "options": {"hyper_every": 7}},
+    "auxilearn": {"name": "auxilearn", "options": {"hyper_every": 9}},
 }
+MAIN_TASK = {"auxinash": "point-1", "auxilearn": "point-1"}
 
 
 @pytest.mark.parametrize("label", sorted(AGGREGATORS))
 def test_sigkill_then_resume_is_bit_exact(label, tmp_path):
-    config = _write_config(tmp_path / "config.yaml", POINT, AGGREGATORS[label])
+    base = {**POINT, "main_task": MAIN_TASK[label]} if label in MAIN_TASK else POINT
+    config = _write_config(tmp_path / "config.yaml", base, AGGREGATORS[label])
     straight = _train(config, tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
 

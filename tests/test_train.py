@@ -67,3 +67,8 @@ def test_every_method_trains_on_mt10_and_writes_all_outputs(method, mt10_envs, t
     assert all(line["critic/loss"] is not None for line in updates), "non-finite critic loss"
     assert updates[-1]["train/skipped_critic"] == 0 and updates[-1]["train/skipped_actor"] == 0
     assert list((run / "checkpoints").glob("step_*.pt")), "no final checkpoint"
+    if method in MAIN_TASK_METHODS:  # main-task mode: outer steps ran, main success is logged
+        assert updates[-1]["critic/hypersteps"] >= 1 and updates[-1]["actor/hypersteps"] >= 1
+        evals = [line for line in lines if "eval/main_success" in line]
+        assert [line["step"] for line in evals] == [125, 250]
+        assert evals[-1]["eval/main_success"] == float(rows[-1]["reach-v3"])

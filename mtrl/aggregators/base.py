@@ -202,15 +202,24 @@ def adam_update(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, t: int, lr: f
     return t
 
 
+def pi_scaled(weights: Tensor, ctx: AggContext) -> Tensor:
+    """``weights * omega``: the PI-integration of a loss weighting [PV §4.4] (``performance.py``)."""
+    from mtrl.aggregators.performance import pi_omega
+
+    omega, _ = pi_omega(ctx, torch.as_tensor(ctx.task_ids).long().cpu())
+    return weights * omega
+
+
 class LossWeighting(Aggregator):
     """Base of methods that weight the per-task losses (no G needed): ``loss_weights(ctx)`` gives
     the weights [K] for one step; ``aggregate`` returns ``weights @ G`` for the same state, so
     the Jacobian path and the one-backward path give the same direction."""
 
-    def __init__(self, num_tasks: int, max_norm: float | None = None) -> None:
+    def __init__(self, num_tasks: int, max_norm: float | None = None, pi: bool = False) -> None:
         super().__init__(num_tasks)
         check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
-        self.max_norm = max_norm
+        check_option("pi", pi, isinstance(pi, bool), "True or False")
+        self.max_norm, self.pi = max_norm, pi
 
     def loss_weights(self, ctx: AggContext) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -218,11 +227,15 @@ class LossWeighting(Aggregator):
     def needs_jacobian(self, step: int) -> bool:
         return False
 
+    def _weights(self, ctx: AggContext) -> Tensor:
+        weights = self.loss_weights(ctx).double()
+        return pi_scaled(weights, ctx) if self.pi else weights
+
     def weights_without_jacobian(self, ctx: AggContext) -> Tensor:
-        return self.loss_weights(ctx).double()
+        return self._weights(ctx)
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
-        weights = self.loss_weights(ctx).double()
+        weights = self._weights(ctx)
         direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
         return Aggregation(direction, weights, {"norm": norm})
 

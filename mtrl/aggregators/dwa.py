@@ -22,8 +22,8 @@ class DWA(LossWeighting):
     name = "dwa"
     state_attributes = ("window_sum", "window_count", "last_mean", "previous_mean", "completed")
 
-    def __init__(self, num_tasks: int, temperature: float = 2.0, window: int = 25, max_norm: float | None = None) -> None:
-        super().__init__(num_tasks, max_norm=max_norm)
+    def __init__(self, num_tasks: int, temperature: float = 2.0, window: int = 25, max_norm: float | None = None, pi: bool = False) -> None:
+        super().__init__(num_tasks, max_norm=max_norm, pi=pi)
         check_option("temperature", temperature, is_number(temperature) and temperature > 0, "a positive number")
         check_option("window", window, isinstance(window, int) and window >= 1, "an int >= 1")
         self.temperature, self.window = float(temperature), window

@@ -79,7 +79,10 @@ class FixedPointWeighting(Aggregator):
             if info["fallback_used"] == 0.0:
                 self.alpha[task_ids] = torch.from_numpy(alpha)
             self.step += 1
-        weights = torch.from_numpy(alpha)
+        return self.finish(G, torch.from_numpy(alpha), info)
+
+    def finish(self, G: Tensor, weights: Tensor, info: dict[str, float]) -> Aggregation:
+        """``d = G^T alpha`` (x K if ``scale_by_K``), clipped to ``max_norm``."""
         direction = weights.to(G) @ G
         if self.scale_by_K:
             direction = direction * G.shape[0]

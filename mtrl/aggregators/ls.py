@@ -12,27 +12,31 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, pi_scaled
 
 
 @register
 class LinearScalarization(Aggregator):
-    """``d = sum_i g_i``. Options: ``max_norm`` (None = no clipping)."""
+    """``d = sum_i g_i``. Options: ``max_norm`` (None = no clipping), ``pi`` (PI-LS: weights omega,
+    see ``performance.py``)."""
 
     name = "ls"
     scale = "sum"
 
-    def __init__(self, num_tasks: int, max_norm: float | None = None) -> None:
+    def __init__(self, num_tasks: int, max_norm: float | None = None, pi: bool = False) -> None:
         super().__init__(num_tasks)
         check_option("max_norm", max_norm, max_norm is None or (isinstance(max_norm, (int, float)) and max_norm > 0), "None or a positive float")
-        self.max_norm = max_norm
+        check_option("pi", pi, isinstance(pi, bool), "True or False")
+        self.max_norm, self.pi = max_norm, pi
 
-    def _weights(self, k: int) -> Tensor:
+    def _weights(self, ctx: AggContext) -> Tensor:
+        k = len(ctx.task_ids)
         value = 1.0 if self.scale == "sum" else 1.0 / k
-        return torch.full((k,), value, dtype=torch.float64)
+        weights = torch.full((k,), value, dtype=torch.float64)
+        return pi_scaled(weights, ctx) if self.pi else weights
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
-        w = self._weights(G.shape[0])
+        w = self._weights(ctx)
         direction, norm = clip_direction(w.to(G) @ G, self.max_norm)
         return Aggregation(direction, w, {"norm": norm})
 
@@ -40,7 +44,7 @@ class LinearScalarization(Aggregator):
         return False
 
     def weights_without_jacobian(self, ctx: AggContext) -> Tensor:
-        return self._weights(len(ctx.task_ids))
+        return self._weights(ctx)
 
 
 @register

@@ -4,6 +4,8 @@ from mtrl.aggregators import ls  # noqa: F401
 from mtrl.aggregators import nashmtl  # noqa: F401
 from mtrl.aggregators import fairgrad  # noqa: F401
 from mtrl.aggregators import pivrg  # noqa: F401
+from mtrl.aggregators import auxinash  # noqa: F401
+from mtrl.aggregators import auxilearn  # noqa: F401
 from mtrl.aggregators import cagrad  # noqa: F401
 from mtrl.aggregators import cagrad_fast  # noqa: F401
 from mtrl.aggregators import mgda  # noqa: F401

@@ -3,15 +3,19 @@ gradients, ``w* = argmin_{w in simplex} ||G^T w||^2`` [CA App A.1, Eq. 6], on th
 parameters (the "MGDA" rows of [NM], not MGDA-UB; spec §6 item 20). ``d = G^T w*`` satisfies
 ``g_i^T d >= ||d||^2`` with equality where ``w_i > 0`` (KKT); ``d = 0`` iff the point is
 Pareto-stationary. Solved exactly (pairwise Frank-Wolfe for the support, then the KKT system).
+``pi=True`` (PI-MGDA; [PV §4.4] does not say how omega enters MGDA): the min-norm point of the
+rows scaled by omega, as the loss-weighting methods see ``omega * loss``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
 from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, is_number
+from mtrl.aggregators.performance import pi_omega
 from mtrl.aggregators.solvers import gram, min_norm_simplex
 
 
@@ -19,13 +23,20 @@ from mtrl.aggregators.solvers import gram, min_norm_simplex
 class MGDA(Aggregator):
     name = "mgda"
 
-    def __init__(self, num_tasks: int, max_norm: float | None = None) -> None:
+    def __init__(self, num_tasks: int, max_norm: float | None = None, pi: bool = False) -> None:
         super().__init__(num_tasks)
         check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
-        self.max_norm = max_norm
+        check_option("pi", pi, isinstance(pi, bool), "True or False")
+        self.max_norm, self.pi = max_norm, pi
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
-        w, iterations = min_norm_simplex(gram(G))
-        weights = torch.from_numpy(w)
+        M = gram(G)
+        if not self.pi:
+            w, iterations = min_norm_simplex(M)
+            weights = torch.from_numpy(w)
+        else:  # PI-MGDA: the min-norm point of the omega-scaled gradients omega_i g_i
+            omega, _ = pi_omega(ctx, torch.as_tensor(ctx.task_ids).long().cpu())
+            w, iterations = min_norm_simplex(M * np.outer(omega.numpy(), omega.numpy()))
+            weights = torch.from_numpy(w) * omega
         direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
         return Aggregation(direction, weights, {"iterations": float(iterations), "norm": norm})

@@ -15,7 +15,8 @@ Solvers:
 Options: ``update_every=T`` recomputes the weights every T calls and reuses them in between
 (Nash-MTL-T [NM §3.3]; ``needs_jacobian`` is False on reuse steps so the trainer backpropagates
 ``sum_i alpha_i loss_i`` once); ``max_norm`` (1.0, the reference code's clipping; since
-``||d|| = sqrt(K) >= 1`` the shared update then always has unit norm); ``scale_by_K``.
+``||d|| = sqrt(K) >= 1`` the shared update then always has unit norm); ``scale_by_K``;
+``pi=True`` (PI-Nash-MTL [PV §4.4]: bargaining powers omega from ``ctx.perf``).
 Fallbacks (spec §2.1.7): zero rows get weight 0; if no positive solution exists (0 in the
 convex hull of the gradients) the previous weights are reused, else equal weights on
 normalised gradients, and ``info["fallback_used"] = 1``.
@@ -30,6 +31,7 @@ from torch import Tensor
 from mtrl.aggregators import register
 from mtrl.aggregators.base import AggContext, check_option
 from mtrl.aggregators.fixed_point import FixedPointWeighting
+from mtrl.aggregators.performance import pi_omega
 from mtrl.aggregators.solvers import zero_rows
 
 
@@ -45,13 +47,18 @@ class NashMTL(FixedPointWeighting):
         scale_by_K: bool = False,
         solver: str = "exact",
         optim_niter: int = 20,
+        pi: bool = False,
     ) -> None:
         super().__init__(num_tasks, update_every=update_every, max_norm=max_norm, scale_by_K=scale_by_K)
+        check_option("pi", pi, isinstance(pi, bool) and not (pi and solver == "ccp"), "True or False (False with solver='ccp')")
+        self.pi = pi
         check_option("solver", solver, solver in ("exact", "ccp"), "'exact' or 'ccp'")
         check_option("optim_niter", optim_niter, isinstance(optim_niter, int) and optim_niter >= 1, "an int >= 1")
         self.solver, self.optim_niter = solver, optim_niter
 
     def coefficients(self, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, float]:
+        if self.pi:  # PI-Nash-MTL: bargaining powers omega (M alpha = omega / alpha)
+            return pi_omega(ctx, task_ids)[0].numpy(), 1.0
         return np.ones(len(task_ids)), 1.0
 
     def solve(self, M: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, dict[str, float]]:

@@ -19,8 +19,6 @@ released code restarts least squares from 1/K each step; the solution is the sam
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -28,28 +26,9 @@ from torch import Tensor
 from mtrl.aggregators import register
 from mtrl.aggregators.base import AggContext, check_option, is_number
 from mtrl.aggregators.fixed_point import FixedPointWeighting
+from mtrl.aggregators.performance import performance_weights, pi_omega, success_to_performance_drop
 
-__all__ = ["PIVRG", "performance_weights", "success_to_performance_drop"]
-
-
-def success_to_performance_drop(success_rate: Tensor) -> Tensor:
-    """dm_i = 100 (1 - SR_i): Eq. 3 with perfect success as the baseline, in percent."""
-    return 100.0 * (1.0 - success_rate.double())
-
-
-def performance_weights(dm: Tensor, bound: float = 2.0, min_temperature: float = 10.0) -> tuple[Tensor, float]:
-    """omega = K softmax(dm / tau) with the tau rule of [PV App A.1]; returns (omega [K], tau).
-
-    NaN entries get the mean of the finite ones (a neutral weight); all-NaN gives omega = 1."""
-    dm = dm.double().clone()
-    finite = torch.isfinite(dm)
-    if not finite.any():
-        return torch.ones_like(dm), float(min_temperature)
-    dm[~finite] = dm[finite].mean()
-    spread = float(dm.max() - dm.min())
-    tau = max(spread / math.log(bound), min_temperature)
-    z = torch.exp((dm - dm.max()) / tau)
-    return len(dm) * z / z.sum(), tau
+__all__ = ["PIVRG", "performance_weights", "pi_omega", "success_to_performance_drop"]
 
 
 @register
@@ -73,17 +52,8 @@ class PIVRG(FixedPointWeighting):
         self.last_omega = torch.ones(num_tasks, dtype=torch.float64)
         self._last_tau = self.min_temperature
 
-    def omega(self, ctx: AggContext, task_ids: Tensor) -> tuple[Tensor, float]:
-        """omega over the tasks present, renormalised to sum to K (tasks absent from the batch
-        do not take weight away from the present ones)."""
-        if ctx.perf is None:
-            return torch.ones(len(task_ids), dtype=torch.float64), self.min_temperature
-        omega_all, tau = performance_weights(success_to_performance_drop(torch.as_tensor(ctx.perf)), self.bound, self.min_temperature)
-        omega = omega_all[task_ids]
-        return omega * len(omega) / omega.sum(), tau
-
     def coefficients(self, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, float]:
-        omega, tau = self.omega(ctx, task_ids)
+        omega, tau = pi_omega(ctx, task_ids, self.bound, self.min_temperature)
         self.last_omega[task_ids] = omega
         self._last_tau = tau
         return np.sqrt(omega.numpy()), 0.5

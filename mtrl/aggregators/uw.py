@@ -20,8 +20,8 @@ class UncertaintyWeighting(LossWeighting):
     name = "uw"
     state_attributes = ("log_variance", "adam_m", "adam_v", "adam_steps")
 
-    def __init__(self, num_tasks: int, lr: float = 3e-4, max_norm: float | None = None) -> None:
-        super().__init__(num_tasks, max_norm=max_norm)
+    def __init__(self, num_tasks: int, lr: float = 3e-4, max_norm: float | None = None, pi: bool = False) -> None:
+        super().__init__(num_tasks, max_norm=max_norm, pi=pi)
         check_option("lr", lr, is_number(lr) and lr > 0, "a positive number")
         self.lr = float(lr)
         self.log_variance = torch.zeros(num_tasks, dtype=torch.float64)

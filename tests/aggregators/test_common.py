@@ -19,6 +19,8 @@ from tests.aggregators.properties import (
 
 METHODS = sorted(REGISTRY)
 RANDOMISED = {"pcgrad", "rlw", "cagrad_fast"}  # use ctx.generator: not permutation-equivariant per draw
+# AuxiLearn's combination network has one input per task with its own (random) initial weights
+NOT_EQUIVARIANT = RANDOMISED | {"auxilearn"}
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -35,7 +37,7 @@ def test_float32_input_gives_float32_direction(name):
     assert out.direction.dtype == torch.float32 and torch.isfinite(out.direction).all()
 
 
-@pytest.mark.parametrize("name", sorted(set(METHODS) - RANDOMISED))
+@pytest.mark.parametrize("name", sorted(set(METHODS) - NOT_EQUIVARIANT))
 def test_permutation_equivariance(name):
     assert_permutation_equivariant(name, random_G(5))
 

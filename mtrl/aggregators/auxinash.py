@@ -1,0 +1,154 @@
+"""AuxiNash [AN]: asymmetric Nash bargaining with learned task preferences.
+
+Inner step (every call): the weights solve ``M alpha = p / alpha`` [AN Claim 4.1], the same
+Newton solver as Nash-MTL with c = p (``d = G^T alpha``, ``g_i^T d = p_i / alpha_i``,
+``||d||^2 = sum p``). Preferences use the released code's convention ``sum p = K`` (uniform
+p = 1 gives exactly Nash-MTL's alpha; the outer learning rate was tuned for it, spec §2.2.1).
+
+Outer step (every ``hyper_every`` = N_p calls, when ``learn_preferences``): the implicit
+hypergradient of the validation loss [AN Eqs. 4-6]
+
+    grad_p L_V = (grad_alpha L_V)^T (M + diag(p / alpha^2))^-1 diag(1 / alpha),
+    grad_alpha L_V = -G' q,   q = Neumann(H, grad_theta L_V)   (``hypergrad.py``)
+
+with alpha and M from this call's exact solve, ``G'`` and ``H`` from ``L_T = sum alpha_i loss_i``
+on a fresh batch (``ctx.hyper.train_losses``), ``L_V`` = ``ctx.hyper.val_loss`` (the main task's
+loss on another fresh batch, or, with no main task, the mean loss: an extension labelled in
+spec §2.2.8). Then the gradient is clipped to norm ``grad_clip``, p takes one SGD step with
+momentum, is floored at ``pref_floor`` and renormalised to sum K (spec §2.2.3 defaults). A call
+whose alpha came from a fallback, or whose hypergradient is not finite, skips the outer step.
+The outer step never touches the model parameters: it only reads gradients.
+
+``main_preference=s`` fixes the main task's share of the preferences to s (the paper's
+fixed-preference ablation, p_main in {0.7, 0.8, 0.9} of the total, the rest split equally); with
+``learn_preferences=False`` the preferences then stay there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtrl.aggregators import register
+from mtrl.aggregators.base import AggContext, Aggregation, check_option, is_number
+from mtrl.aggregators.fixed_point import FixedPointWeighting
+from mtrl.aggregators.hypergrad import implicit_hypergradient
+from mtrl.aggregators.solvers import gram, weights_derivative
+
+__all__ = ["AuxiNash"]
+
+
+@register
+class AuxiNash(FixedPointWeighting):
+    name = "auxinash"
+    uses_hyper = True
+    state_attributes = ("alpha", "step", "preference", "momentum", "initialised", "hypersteps", "hyper_skipped", "last_hyper")
+
+    def __init__(
+        self,
+        num_tasks: int,
+        learn_preferences: bool = True,
+        hyper_every: int = 25,
+        meta_lr: float = 5e-3,
+        meta_momentum: float = 0.9,
+        neumann_terms: int = 3,
+        neumann_lr: float = 1e-4,
+        grad_clip: float = 1.0,
+        pref_floor: float = 1e-4,
+        main_preference: float | None = None,
+        max_norm: float | None = 1.0,
+        scale_by_K: bool = False,
+    ) -> None:
+        super().__init__(num_tasks, max_norm=max_norm, scale_by_K=scale_by_K)
+        check_option("learn_preferences", learn_preferences, isinstance(learn_preferences, bool), "True or False")
+        check_option("hyper_every", hyper_every, isinstance(hyper_every, int) and not isinstance(hyper_every, bool) and hyper_every >= 1, "an int >= 1")
+        check_option("meta_lr", meta_lr, is_number(meta_lr) and meta_lr > 0, "a positive number")
+        check_option("meta_momentum", meta_momentum, is_number(meta_momentum) and 0 <= meta_momentum < 1, "a number in [0, 1)")
+        check_option("neumann_terms", neumann_terms, isinstance(neumann_terms, int) and not isinstance(neumann_terms, bool) and neumann_terms >= 0, "an int >= 0")
+        check_option("neumann_lr", neumann_lr, is_number(neumann_lr) and neumann_lr > 0, "a positive number")
+        check_option("grad_clip", grad_clip, grad_clip is None or (is_number(grad_clip) and grad_clip > 0), "None or a positive number")
+        check_option("pref_floor", pref_floor, is_number(pref_floor) and 0 < pref_floor < 1, "a number in (0, 1)")
+        check_option("main_preference", main_preference, main_preference is None or (is_number(main_preference) and 0 < main_preference < 1), "None or a number in (0, 1)")
+        self.learn_preferences, self.hyper_every = learn_preferences, hyper_every
+        self.meta_lr, self.meta_momentum = float(meta_lr), float(meta_momentum)
+        self.neumann_terms, self.neumann_lr = neumann_terms, float(neumann_lr)
+        self.grad_clip, self.pref_floor, self.main_preference = grad_clip, float(pref_floor), main_preference
+        self.preference = torch.ones(num_tasks, dtype=torch.float64)  # sum K
+        self.momentum = torch.zeros(num_tasks, dtype=torch.float64)
+        self.initialised = False
+        self.hypersteps = 0
+        self.hyper_skipped = 0
+        self.last_hyper: dict[str, float] = {}  # floats of the latest outer step, logged every step
+
+    # ---- preferences -------------------------------------------------------------------------
+    def _initialise(self, ctx: AggContext) -> None:
+        if self.main_preference is not None:
+            if ctx.main_task is None:
+                raise ValueError("auxinash: main_preference needs a main task (set main_task in the config)")
+            K = self.num_tasks
+            rest = K * (1.0 - self.main_preference) / max(K - 1, 1)
+            self.preference = torch.full((K,), rest, dtype=torch.float64)
+            self.preference[ctx.main_task] = K * self.main_preference if K > 1 else 1.0
+        self.initialised = True
+
+    def coefficients(self, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, float]:
+        return self.preference[task_ids].numpy().copy(), 1.0
+
+    def _set_preference(self, task_ids: Tensor, value: Tensor) -> None:
+        p = self.preference.clone()
+        p[task_ids] = value.clamp_min(self.pref_floor)
+        self.preference = p * (self.num_tasks / p.sum())
+
+    # ---- one call ------------------------------------------------------------------------------
+    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
+        if not self.initialised:
+            self._initialise(ctx)
+        task_ids = torch.as_tensor(ctx.task_ids).long().cpu()
+        M = gram(G)
+        alpha, info = self.solve(M, ctx, task_ids)
+        if info["fallback_used"] == 0.0:
+            self.alpha[task_ids] = torch.from_numpy(alpha)
+        self.step += 1
+        weights = torch.from_numpy(alpha)
+        out = self.finish(G, weights, info)
+        if self.learn_preferences and len(task_ids) > 1 and self.step % self.hyper_every == 0:
+            if info["fallback_used"] or ctx.hyper is None:
+                self.hyper_skipped += 1
+            else:
+                out.info.update(self.hyperstep(M, alpha, ctx, task_ids))
+        p = self.preference[task_ids]
+        out.info.update(self.last_hyper)
+        out.info.update(pref_min=float(p.min()), pref_max=float(p.max()), hypersteps=float(self.hypersteps))
+        if ctx.main_task is not None:
+            out.info["pref_main"] = float(self.preference[ctx.main_task])
+        return out
+
+    def preference_gradient(self, M: np.ndarray, alpha: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """grad_p L_V [AN Eq. 6] for the rows ``task_ids``, with the Neumann convention of
+        ``hypergrad.py`` (no eta factor); alpha must solve ``M alpha = p / alpha``."""
+        hyper = ctx.hyper
+        dtype = hyper.params[0].dtype
+        alpha_leaf = torch.tensor(alpha, dtype=dtype, device=hyper.params[0].device, requires_grad=True)
+        grads, info = implicit_hypergradient(
+            hyper, lambda losses: (alpha_leaf * losses).sum(), [alpha_leaf], self.neumann_terms, self.neumann_lr
+        )
+        grad_alpha = grads[0].detach().double().cpu().numpy()  # = -G' q
+        p = self.preference[task_ids].numpy()
+        return torch.from_numpy(grad_alpha @ weights_derivative(M, alpha, p)), info
+
+    def hyperstep(self, M: np.ndarray, alpha: np.ndarray, ctx: AggContext, task_ids: Tensor) -> dict[str, float]:
+        """One preference update from the implicit hypergradient; returns logging floats."""
+        grad_p, info = self.preference_gradient(M, alpha, ctx, task_ids)
+        if not bool(torch.isfinite(grad_p).all()):
+            self.hyper_skipped += 1
+            return {"hyper_skipped": 1.0}
+        norm = float(torch.linalg.vector_norm(grad_p))
+        if self.grad_clip is not None and norm > self.grad_clip:
+            grad_p = grad_p * (self.grad_clip / norm)
+        buf = self.momentum[task_ids] * self.meta_momentum + grad_p  # torch.optim.SGD's momentum rule
+        self.momentum[task_ids] = buf
+        self._set_preference(task_ids, self.preference[task_ids] - self.meta_lr * buf)
+        self.hypersteps += 1
+        self.last_hyper = {**{f"hyper_{k}": v for k, v in info.items()}, "hyper_grad_norm": norm}
+        return dict(self.last_hyper)
