@@ -3,7 +3,9 @@
 One ``MTSAC.update`` (critic + actor + temperature + target update) of the paper configuration
 (3 x 400 networks, 128 transitions per task, obs 39, action 4) on random batches, for K = 10
 and K = 50. ``ls`` needs one backward per component; G-based methods build the per-task
-Jacobian; ``nashmtl(T=100)`` is Nash-MTL-100 averaged over its schedule. DESIGN §8 targets:
+Jacobian; ``nashmtl(T=100)`` is Nash-MTL-100 averaged over its schedule; ``auxinash`` /
+``auxilearn`` include their outer step amortised over 25 / 50 updates, ``(inner)`` is without it,
+and the difference gives the cost of one outer step. DESIGN §8 targets:
 Nash-MTL (T = 1) <= 1.3 x LS, CAGrad <= 1.3 x LS, CAGrad-Fast at K = 50 <= 0.5 x CAGrad.
 
     mtrl bench update [--sizes 10 50] [--methods ...] [--device auto] [--repeats 5] [--json FILE]
@@ -15,14 +17,23 @@ import argparse
 
 import torch
 
-from agents.mtsac import MTSAC
+from agents.mtsac import MTSAC, HyperBatches
 from benchmarks.common import print_table, time_interleaved, write_json
 from mtrl.aggregators import REGISTRY, make
 from mtrl.config import AgentConfig
 from mtrl.jacobian import configure_allocator
 from mtrl.replay import Batch
 
-VARIANTS = {"nashmtl(T=100)": ("nashmtl", {"update_every": 100})}
+# label -> (registry name, options, schedule length): a labelled method is timed over whole
+# schedules (one call runs that many updates) and reported per update, so periodic work is
+# amortised: Nash-MTL-T's weight updates, AuxiNash's / AuxiLearn's outer steps (main task 0).
+VARIANTS = {
+    "nashmtl(T=100)": ("nashmtl", {"update_every": 100}, 100),
+    "auxinash": ("auxinash", {}, 25),
+    "auxinash(inner)": ("auxinash", {"learn_preferences": False}, 1),
+    "auxilearn": ("auxilearn", {}, 50),
+    "auxilearn(inner)": ("auxilearn", {"hyper_every": 10**9}, 1),
+}
 # The reference code's engine: K autograd calls per component. CAGrad-Fast's saving (|S| + 1
 # gradients instead of K [CA §3.3]) is a saving of that engine; with vmap a full G already costs
 # about one backward pass, so both are reported.
@@ -43,31 +54,33 @@ def bench_size(K: int, B: int, hidden: int, methods: list[str], repeats: int, de
         torch.manual_seed(0)
         agent = MTSAC(39, 4, K, cfg, device=device)
     initial = agent.training_state()
+    # the bilevel methods' outer step samples fresh batches; here: the same random batch, main task 0
+    hyper_batches = HyperBatches(
+        train=lambda: batch, val=lambda: Batch(**{k: v[:1] for k, v in vars(batch).items()}), val_tasks=torch.tensor([0])
+    )
     functions = {}
     for label in methods:
-        name, options = VARIANTS.get(label, (LOOP_ENGINE.get(label, label), {}))
+        name, options, period = VARIANTS.get(label, (LOOP_ENGINE.get(label, label), {}, 1))
         engine = "loop" if label in LOOP_ENGINE else "vmap"
         critic, actor = make(name, K, **options), make(name, K, **options)
         state = {"step": 0}
         agent_gen = torch.Generator(device=device).manual_seed(0)
         cpu_gen = torch.Generator().manual_seed(0)
 
-        def update(critic=critic, actor=actor, state=state, agent_gen=agent_gen, cpu_gen=cpu_gen, engine=engine):
+        def update(critic=critic, actor=actor, state=state, agent_gen=agent_gen, cpu_gen=cpu_gen, engine=engine, period=period):
             agent.jacobian_method = engine
-            agent.update(batch, state["step"], critic, actor, generator=agent_gen, aggregator_generator=cpu_gen)
-            state["step"] += 1
+            for _ in range(period):
+                agent.update(
+                    batch, state["step"], critic, actor, generator=agent_gen, aggregator_generator=cpu_gen,
+                    main_task=0, hyper_batches=hyper_batches,
+                )
+                state["step"] += 1
 
         functions[label] = update
-    # Nash-MTL-T is timed over whole schedules: one call runs T updates.
-    for label, (name, options) in VARIANTS.items():
-        if label in functions:
-            single = functions[label]
-            T = options["update_every"]
-            functions[label] = lambda single=single, T=T: [single() for _ in range(T)]
     times = time_interleaved(functions, repeats, warmup=1, device=device)
-    for label, (_, options) in VARIANTS.items():
+    for label, (_, _, period) in VARIANTS.items():
         if label in times:
-            times[label] /= options["update_every"]
+            times[label] /= period
     agent.load_training_state(initial)
     base = times["ls"]
     results = {label: {"ms": t * 1e3, "ratio": t / base} for label, t in times.items()}
@@ -84,6 +97,10 @@ def bench_size(K: int, B: int, hidden: int, methods: list[str], repeats: int, de
     if K >= 50 and "cagrad_fast(loop)" in times and "cagrad(loop)" in times:
         ratio = times["cagrad_fast(loop)"] / times["cagrad(loop)"]
         checks.append({"target": "cagrad_fast <= 0.5 x cagrad (loop engine)", "ratio": ratio, "pass": ratio <= 0.5})
+    for label, inner, period in (("auxinash", "auxinash(inner)", 25), ("auxilearn", "auxilearn(inner)", 50)):
+        if label in times and inner in times:  # one outer step, from the amortised and the inner cost
+            results[f"{label}: one outer step"] = {"ms": (times[label] - times[inner]) * period * 1e3, "ratio": (times[label] - times[inner]) * period / base}
+            print(f"  {label}: one outer step ~ {(times[label] - times[inner]) * period * 1e3:.1f} ms = {(times[label] - times[inner]) * period / base:.2f} x LS update")
     for check in checks:
         print(f"  {'PASS' if check['pass'] else 'FAIL'}  {check['target']}: {check['ratio']:.2f}")
     return {"methods": results, "targets": checks}
@@ -92,7 +109,7 @@ def bench_size(K: int, B: int, hidden: int, methods: list[str], repeats: int, de
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtrl bench update", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50])
-    parser.add_argument("--methods", nargs="+", default=None, help="registry names, nashmtl(T=100), cagrad(loop), cagrad_fast(loop) (default: all registry methods and nashmtl(T=100))")
+    parser.add_argument("--methods", nargs="+", default=None, help="registry names, the labelled variants, cagrad(loop), cagrad_fast(loop) (default: all registry methods and the variants)")
     parser.add_argument("--batch", type=int, default=128, help="transitions per task")
     parser.add_argument("--hidden", type=int, default=400)
     parser.add_argument("--device", default="auto")
@@ -101,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_allocator()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
-    methods = args.methods or [*sorted(REGISTRY), *VARIANTS]
+    methods = args.methods or list(dict.fromkeys([*sorted(REGISTRY), *VARIANTS]))
     if "ls" not in methods:
         methods = ["ls", *methods]
     unknown = [m for m in methods if m not in REGISTRY and m not in VARIANTS and m not in LOOP_ENGINE]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
-__all__ = ["MultiTaskEnv", "StepResult", "benchmark_task_names", "rng_state_to_tensor", "rng_state_from_tensor"]
+__all__ = ["MultiTaskEnv", "StepResult", "benchmark_task_names", "end_of_step", "rng_state_to_tensor", "rng_state_from_tensor"]
 
 MAX_PATH_LENGTH = 500  # MetaWorld v3 refuses to step past this
 
@@ -60,6 +60,26 @@ class StepResult:
     episode_done: np.ndarray
     episode_success: np.ndarray
     episode_return: np.ndarray
+
+
+def end_of_step(
+    t: np.ndarray, succeeded: np.ndarray, returns: np.ndarray, reward: np.ndarray, success: np.ndarray,
+    max_episode_steps: int, terminate_on_success: bool,
+) -> dict[str, np.ndarray]:
+    """Episode bookkeeping of one lock-step, shared by every env of this package.
+
+    Advances the per-task step counters ``t``, success flags and returns in place and returns the
+    ``terminated``, ``truncated``, ``episode_done``, ``episode_success`` and ``episode_return``
+    fields of the ``StepResult`` (read before the caller resets the finished tasks)."""
+    t += 1
+    succeeded |= success
+    returns += reward
+    terminated = success.copy() if terminate_on_success else np.zeros(len(t), dtype=bool)
+    truncated = (t >= max_episode_steps) & ~terminated
+    return dict(
+        terminated=terminated, truncated=truncated, episode_done=terminated | truncated,
+        episode_success=succeeded.copy(), episode_return=returns.copy(),
+    )
 
 
 def _mt1_names() -> list[str]:
@@ -189,28 +209,11 @@ class MultiTaskEnv:
             next_obs[k] = obs
             reward[k] = r
             success[k] = bool(info["success"])
-        self._t += 1
-        self._succeeded |= success
-        self._return += reward
-        terminated = success if self.terminate_on_success else np.zeros(K, dtype=bool)
-        truncated = (self._t >= self.max_episode_steps) & ~terminated
-        done = terminated | truncated
-        episode_success = self._succeeded.copy()
-        episode_return = self._return.copy()
+        ends = end_of_step(self._t, self._succeeded, self._return, reward, success, self.max_episode_steps, self.terminate_on_success)
         self._obs[:] = next_obs
-        for k in np.flatnonzero(done):
+        for k in np.flatnonzero(ends["episode_done"]):
             self._reset_task(int(k))
-        return StepResult(
-            obs=self._obs.copy(),
-            next_obs=next_obs,
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated,
-            success=success,
-            episode_done=done,
-            episode_success=episode_success,
-            episode_return=episode_return,
-        )
+        return StepResult(obs=self._obs.copy(), next_obs=next_obs, reward=reward, success=success, **ends)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:

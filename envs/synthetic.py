@@ -19,7 +19,7 @@ import re
 import numpy as np
 import torch
 
-from envs.metaworld import StepResult
+from envs.metaworld import StepResult, end_of_step, rng_state_from_tensor, rng_state_to_tensor
 
 __all__ = ["PointMassEnv", "is_point_benchmark"]
 
@@ -77,33 +77,15 @@ class PointMassEnv:
         distance = np.linalg.norm(position - self.goals, axis=1)
         reward = (-distance).astype(np.float32)
         success = distance < self.success_radius
-        self._t += 1
-        self._succeeded |= success
-        self._return += reward
-        terminated = success if self.terminate_on_success else np.zeros(self.num_tasks, dtype=bool)
-        truncated = (self._t >= self.max_episode_steps) & ~terminated
-        done = terminated | truncated
         next_obs = self._state.copy()
-        episode_success = self._succeeded.copy()
-        episode_return = self._return.copy()
-        if done.any():
-            self._reset_tasks(done)
-        return StepResult(
-            obs=self._state.copy(),
-            next_obs=next_obs,
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated,
-            success=success,
-            episode_done=done,
-            episode_success=episode_success,
-            episode_return=episode_return,
-        )
+        ends = end_of_step(self._t, self._succeeded, self._return, reward, success, self.max_episode_steps, self.terminate_on_success)
+        if ends["episode_done"].any():
+            self._reset_tasks(ends["episode_done"])
+        return StepResult(obs=self._state.copy(), next_obs=next_obs, reward=reward, success=success, **ends)
 
     def state_dict(self) -> dict:
-        state = self._rng.bit_generator.state
         return {
-            "rng": torch.tensor([int(x) for x in _pcg_words(state)], dtype=torch.int64),
+            "rng": rng_state_to_tensor(self._rng.bit_generator.state),
             "sim": torch.from_numpy(self._state.copy()),
             "t": torch.from_numpy(self._t.copy()),
             "succeeded": torch.from_numpy(self._succeeded.copy()),
@@ -111,7 +93,7 @@ class PointMassEnv:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self._rng.bit_generator.state = _pcg_state(state["rng"].tolist())
+        self._rng.bit_generator.state = rng_state_from_tensor(state["rng"])
         self._state = state["sim"].numpy().copy()
         self._t = state["t"].numpy().copy()
         self._succeeded = state["succeeded"].numpy().copy()
@@ -120,21 +102,3 @@ class PointMassEnv:
     def close(self) -> None:
         pass
 
-
-def _pcg_words(state: dict) -> list[int]:
-    """PCG64 state as 32-bit words (its 128-bit integers do not fit an int64 tensor)."""
-    words = []
-    for value in (state["state"]["state"], state["state"]["inc"]):
-        words.extend((value >> (32 * i)) & 0xFFFFFFFF for i in range(4))
-    words.extend([state["has_uint32"], state["uinteger"]])
-    return words
-
-
-def _pcg_state(words: list[int]) -> dict:
-    join = lambda ws: sum(int(w) << (32 * i) for i, w in enumerate(ws))  # noqa: E731
-    return {
-        "bit_generator": "PCG64",
-        "state": {"state": join(words[:4]), "inc": join(words[4:8])},
-        "has_uint32": int(words[8]),
-        "uinteger": int(words[9]),
-    }

@@ -4,6 +4,7 @@
 given ones (a directory holding ``config.yaml`` and ``eval.csv``) and groups runs by method
 label: the sweep's method label when the run was started by ``mtrl sweep`` (``label`` in
 ``sweep.json``), else the aggregator name. Runs of ``MT1-<task>`` benchmarks form the "STL" row.
+A ``label`` key in ``config.yaml`` overrides both (``mtrl.sb3_baseline`` runs are "sb3_sac").
 
 Statistics per method, over seeds (spec §4.1):
 
@@ -96,6 +97,8 @@ def read_run(path: Path) -> Run | None:
     benchmark = (config.get("env") or {}).get("benchmark", "")
     if benchmark.startswith("MT1-") and not sweep.exists():
         label = "STL"
+    if config.get("label"):  # runs of other trainers (e.g. mtrl.sb3_baseline) name themselves
+        label = str(config["label"])
     return Run(
         path=path,
         label=label,
