@@ -44,3 +44,28 @@ def test_success_rises_on_synthetic_multitask_env(method, tmp_path):
         success = [float(row["mean_success"]) for row in csv.DictReader(handle)]
     assert success[0] <= 0.34, success  # the first evaluation is near chance level
     assert max(success[-2:]) >= 0.9, success
+
+
+@pytest.mark.parametrize("method", ["auxinash", "auxilearn"])
+def test_main_task_methods_learn_the_main_task(method, tmp_path):
+    """Main-task mode (point-1 main, two auxiliaries): the outer steps run during training and
+    the main task is solved."""
+    config = point_config(method, hyper_every=10)
+    config["main_task"] = "point-1"
+    train(config_from_dict(config), tmp_path)
+    with open(tmp_path / "eval.csv") as handle:
+        main = [float(row["point-1"]) for row in csv.DictReader(handle)]
+    assert main[0] <= 0.5, main
+    assert max(main[-2:]) >= 0.9, main
+
+
+def test_pivrg_learns_with_performance_weights(tmp_path):
+    train(config_from_dict(point_config("pivrg")), tmp_path)
+    with open(tmp_path / "eval.csv") as handle:
+        success = [float(row["mean_success"]) for row in csv.DictReader(handle)]
+    assert max(success[-2:]) >= 0.9, success
+    import json
+
+    omegas = [row["critic/omega"] for row in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "critic/omega" in row]
+    assert len(omegas) == len(success)  # omega logged at every evaluation
+    assert all(abs(sum(w) - 3) < 1e-9 and 0.5 <= min(w) and max(w) <= 2 for w in omegas)

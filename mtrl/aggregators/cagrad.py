@@ -50,6 +50,7 @@ def cagrad_weights(M: np.ndarray, b: np.ndarray, c: float, solver: str, lr: floa
 
 @register
 class CAGrad(Aggregator):
+    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
     name = "cagrad"
 
     def __init__(

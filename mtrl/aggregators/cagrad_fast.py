@@ -27,6 +27,7 @@ from mtrl.aggregators.solvers import gram
 
 @register
 class CAGradFast(Aggregator):
+    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
     name = "cagrad_fast"
 
     def __init__(

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_gradient_matrix, check_option, clip_direction, is_number
 from mtrl.aggregators.solvers import gram, positive_fixed_point
 
 
 class FixedPointWeighting(Aggregator):
     """Base class: subclasses implement ``coefficients(ctx, task_ids) -> (c [K], q)``."""
+    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
 
     state_attributes = ("alpha", "step")
 
@@ -71,6 +72,7 @@ class FixedPointWeighting(Aggregator):
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
         task_ids = torch.as_tensor(ctx.task_ids).long().cpu()
         if not self.needs_jacobian(ctx.step):  # called with G on a reuse step: same direction
+            check_gradient_matrix(G)  # no Gram matrix on this path to check the values
             self.step += 1
             alpha = self.alpha[task_ids].numpy()
             info = {"reused": 1.0}

@@ -44,6 +44,7 @@ def imtlg_weights(M: np.ndarray) -> np.ndarray:
 
 @register
 class IMTLG(Aggregator):
+    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
     name = "imtlg"
 
     def __init__(self, num_tasks: int, max_norm: float | None = None) -> None:

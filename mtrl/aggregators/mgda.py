@@ -21,6 +21,7 @@ from mtrl.aggregators.solvers import gram, min_norm_simplex
 
 @register
 class MGDA(Aggregator):
+    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
     name = "mgda"
 
     def __init__(self, num_tasks: int, max_norm: float | None = None, pi: bool = False) -> None:

@@ -38,6 +38,7 @@ def pcgrad_coefficients(M: np.ndarray, orders: list[list[int]]) -> np.ndarray:
 
 @register
 class PCGrad(Aggregator):
+    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
     name = "pcgrad"
 
     def __init__(self, num_tasks: int, reduction: str = "mean", max_norm: float | None = None) -> None:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtrl.aggregators.base import raise_if_non_finite
+
 __all__ = [
     "FixedPointResult",
     "cagrad_dual_exact",
@@ -33,8 +35,13 @@ __all__ = [
 
 
 def gram(G: Tensor) -> np.ndarray:
-    """``M = G G^T`` [K, K]: one matmul in G's dtype on its device, returned float64 numpy (CPU)."""
-    return (G @ G.T).to(device="cpu", dtype=torch.float64).numpy()
+    """``M = G G^T`` [K, K]: one matmul in G's dtype on its device, returned float64 numpy (CPU).
+
+    Raises ``ValueError`` if G holds NaN or Inf (seen on the diagonal, the squared row norms)."""
+    M = (G @ G.T).to(device="cpu", dtype=torch.float64).numpy()
+    if not np.all(np.isfinite(np.diag(M))):
+        raise_if_non_finite(G)
+    return M
 
 
 def zero_rows(M: np.ndarray, rel_tol: float = 1e-12) -> np.ndarray:
