@@ -117,8 +117,7 @@ class MTSAC(nn.Module):
 
         ``hyper_batches`` gives the bilevel methods (AuxiNash, AuxiLearn) fresh training and
         validation batches for their outer step; it is only sampled on the steps that use it."""
-        K, B = batch.reward.shape
-        codes = self.codes[:K]  # [K, T]
+        K = batch.reward.shape[0]
         metrics: dict[str, Any] = {}
         context = dict(perf=perf, main_task=main_task, generator=aggregator_generator)
         alpha = self.log_alpha[:K].exp().detach()  # [K]

@@ -18,6 +18,7 @@ from agents.mtsac import MTSAC
 from benchmarks.common import print_table, time_interleaved, write_json
 from mtrl.config import AgentConfig
 from mtrl.jacobian import configure_allocator, per_task_jacobian
+from mtrl.train import resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     configure_allocator()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     K, B, obs_dim, action_dim = args.num_tasks, args.batch, 39, 4
     gen = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):

@@ -23,6 +23,7 @@ from mtrl.aggregators import REGISTRY, make
 from mtrl.config import AgentConfig
 from mtrl.jacobian import configure_allocator
 from mtrl.replay import Batch
+from mtrl.train import resolve_device
 
 # label -> (registry name, options, schedule length): a labelled method is timed over whole
 # schedules (one call runs that many updates) and reported per update, so periodic work is
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     configure_allocator()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     methods = args.methods or list(dict.fromkeys([*sorted(REGISTRY), *VARIANTS]))
     if "ls" not in methods:
         methods = ["ls", *methods]

@@ -11,7 +11,6 @@ seeded global RNG, so nothing outside the run is touched and nothing inside depe
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import signal
 import sys
@@ -264,7 +263,9 @@ def train(
         K, max(1, tcfg.replay_capacity // K), env.obs_dim, env.action_dim, device, seed=cfg.seed,
         holdout_every=holdout_every, holdout_tasks=validation_tasks,
     )
-    uses_hyper = any(getattr(agg, "uses_hyper", False) for agg in aggregators.values())
+    hyper_batches = None  # fresh batches for the outer steps of AuxiNash / AuxiLearn
+    if any(getattr(agg, "uses_hyper", False) for agg in aggregators.values()):
+        hyper_batches = _hyper_batches(replay, tcfg.batch_size // K, validation_tasks, bool(holdout_every))
     agent_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     cpu_gen = torch.Generator().manual_seed(cfg.seed + 1)
     action_low = torch.as_tensor(env.action_low, dtype=torch.float32)
@@ -386,9 +387,7 @@ def train(
                 if step >= tcfg.warmup_steps:
                     t0 = time.perf_counter()
                     batch = replay.sample(tcfg.batch_size // K)
-                    hyper_batches = None
-                    if uses_hyper and (not holdout_every or replay.holdout_size() > 0):
-                        hyper_batches = _hyper_batches(replay, tcfg.batch_size // K, validation_tasks, bool(holdout_every))
+                    ready = not holdout_every or replay.holdout_size() > 0  # held-out data exist
                     update_metrics = agent.update(
                         batch,
                         update_step,
@@ -399,7 +398,7 @@ def train(
                         main_task=main_task,
                         aggregator_generator=cpu_gen,
                         temperature_agg=temperature_agg,
-                        hyper_batches=hyper_batches,
+                        hyper_batches=hyper_batches if ready else None,
                     )
                     for key in skipped:
                         skipped[key] += int(update_metrics.get(f"skipped_{key}", 0))

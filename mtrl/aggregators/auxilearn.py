@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_int, check_option, check_positive_or_none, clip_direction, is_int, is_number
 from mtrl.aggregators.hypergrad import implicit_hypergradient
 
 __all__ = ["AuxiLearn"]
@@ -65,16 +65,16 @@ class AuxiLearn(Aggregator):
         super().__init__(num_tasks)
         check_option("combiner", combiner, combiner in ("nonlinear", "linear"), "'nonlinear' or 'linear'")
         for key, value in (("hidden_dim", hidden_dim), ("num_layers", num_layers), ("hyper_every", hyper_every)):
-            check_option(key, value, isinstance(value, int) and not isinstance(value, bool) and value >= 1, "an int >= 1")
-        check_option("neumann_terms", neumann_terms, isinstance(neumann_terms, int) and not isinstance(neumann_terms, bool) and neumann_terms >= 0, "an int >= 0")
-        check_option("holdout_every", holdout_every, isinstance(holdout_every, int) and not isinstance(holdout_every, bool) and holdout_every >= 2, "an int >= 2")
-        check_option("seed", seed, isinstance(seed, int) and not isinstance(seed, bool), "an int")
+            check_int(key, value, 1)
+        check_int("neumann_terms", neumann_terms, 0)
+        check_int("holdout_every", holdout_every, 2)
+        check_option("seed", seed, is_int(seed), "an int")
         for key, value in (("init_upper", init_upper), ("meta_lr", meta_lr), ("neumann_lr", neumann_lr)):
             check_option(key, value, is_number(value) and value > 0, "a positive number")
         check_option("meta_momentum", meta_momentum, is_number(meta_momentum) and 0 <= meta_momentum < 1, "a number in [0, 1)")
         check_option("meta_weight_decay", meta_weight_decay, is_number(meta_weight_decay) and meta_weight_decay >= 0, "a number >= 0")
-        check_option("grad_clip", grad_clip, grad_clip is None or (is_number(grad_clip) and grad_clip > 0), "None or a positive number")
-        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
+        check_positive_or_none("grad_clip", grad_clip)
+        check_positive_or_none("max_norm", max_norm)
         self.combiner, self.hidden_dim, self.num_layers, self.init_upper = combiner, hidden_dim, num_layers, float(init_upper)
         self.hyper_every, self.meta_lr, self.meta_momentum = hyper_every, float(meta_lr), float(meta_momentum)
         self.meta_weight_decay, self.neumann_terms, self.neumann_lr = float(meta_weight_decay), neumann_terms, float(neumann_lr)
@@ -214,9 +214,3 @@ class AuxiLearn(Aggregator):
         self.phi = phi_new
         self.hypersteps += 1
         self.last_hyper = {**{f"hyper_{k}": v for k, v in info.items()}, "hyper_grad_norm": norm}
-
-    def combination_weights(self, main_task: int | None) -> Tensor:
-        """dg/dloss at the last losses (for logging)."""
-        x = self.last_losses.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.training_objective(self.phi, x, main_task), x)
-        return grad

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, check_option, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, check_bool, check_int, check_option, check_positive_or_none, is_number
 from mtrl.aggregators.fixed_point import FixedPointWeighting
 from mtrl.aggregators.hypergrad import implicit_hypergradient
 from mtrl.aggregators.solvers import gram, weights_derivative
@@ -61,13 +61,13 @@ class AuxiNash(FixedPointWeighting):
         scale_by_K: bool = False,
     ) -> None:
         super().__init__(num_tasks, max_norm=max_norm, scale_by_K=scale_by_K)
-        check_option("learn_preferences", learn_preferences, isinstance(learn_preferences, bool), "True or False")
-        check_option("hyper_every", hyper_every, isinstance(hyper_every, int) and not isinstance(hyper_every, bool) and hyper_every >= 1, "an int >= 1")
+        check_bool("learn_preferences", learn_preferences)
+        check_int("hyper_every", hyper_every, 1)
         check_option("meta_lr", meta_lr, is_number(meta_lr) and meta_lr > 0, "a positive number")
         check_option("meta_momentum", meta_momentum, is_number(meta_momentum) and 0 <= meta_momentum < 1, "a number in [0, 1)")
-        check_option("neumann_terms", neumann_terms, isinstance(neumann_terms, int) and not isinstance(neumann_terms, bool) and neumann_terms >= 0, "an int >= 0")
+        check_int("neumann_terms", neumann_terms, 0)
         check_option("neumann_lr", neumann_lr, is_number(neumann_lr) and neumann_lr > 0, "a positive number")
-        check_option("grad_clip", grad_clip, grad_clip is None or (is_number(grad_clip) and grad_clip > 0), "None or a positive number")
+        check_positive_or_none("grad_clip", grad_clip)
         check_option("pref_floor", pref_floor, is_number(pref_floor) and 0 < pref_floor < 1, "a number in (0, 1)")
         check_option("main_preference", main_preference, main_preference is None or (is_number(main_preference) and 0 < main_preference < 1), "None or a number in (0, 1)")
         self.learn_preferences, self.hyper_every = learn_preferences, hyper_every
@@ -106,12 +106,8 @@ class AuxiNash(FixedPointWeighting):
             self._initialise(ctx)
         task_ids = torch.as_tensor(ctx.task_ids).long().cpu()
         M = gram(G)
-        alpha, info = self.solve(M, ctx, task_ids)
-        if info["fallback_used"] == 0.0:
-            self.alpha[task_ids] = torch.from_numpy(alpha)
-        self.step += 1
-        weights = torch.from_numpy(alpha)
-        out = self.finish(G, weights, info)
+        alpha, info = self.solve_and_store(M, ctx, task_ids)
+        out = self.finish(G, torch.from_numpy(alpha), info)
         if self.learn_preferences and len(task_ids) > 1 and self.step % self.hyper_every == 0:
             if info["fallback_used"] or ctx.hyper is None:
                 self.hyper_skipped += 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -198,7 +198,22 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-HyperClosure = Callable[..., Any]
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    """An int option (bools refused) of at least ``minimum``."""
+    check_option(name, value, is_int(value) and value >= minimum, f"an int >= {minimum}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    check_option(name, value, isinstance(value, bool), "True or False")
+
+
+def check_positive_or_none(name: str, value: Any) -> None:
+    """``max_norm``-like options: None (off) or a finite positive number."""
+    check_option(name, value, value is None or (is_number(value) and value > 0), "None or a positive number")
 
 
 def adam_update(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, t: int, lr: float, weight_decay: float = 0.0,
@@ -230,8 +245,8 @@ class LossWeighting(Aggregator):
 
     def __init__(self, num_tasks: int, max_norm: float | None = None, pi: bool = False) -> None:
         super().__init__(num_tasks)
-        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
-        check_option("pi", pi, isinstance(pi, bool), "True or False")
+        check_positive_or_none("max_norm", max_norm)
+        check_bool("pi", pi)
         self.max_norm, self.pi = max_norm, pi
 
     def loss_weights(self, ctx: AggContext) -> Tensor:  # pragma: no cover - abstract

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, clip_direction, is_number
 from mtrl.aggregators.solvers import cagrad_dual_exact, cagrad_dual_sgd, gram
 
 RESCALE = {0: lambda c: 1.0, 1: lambda c: 1.0 + c**2, 2: lambda c: 1.0 + c}
@@ -60,7 +60,7 @@ class CAGrad(Aggregator):
         check_option("c", c, is_number(c) and c >= 0, "a number >= 0")
         check_option("solver", solver, solver in ("exact", "sgd"), "'exact' or 'sgd'")
         check_option("rescale", rescale, rescale in RESCALE and not isinstance(rescale, bool), "0, 1 or 2")
-        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
+        check_positive_or_none("max_norm", max_norm)
         if c >= 1:
             warnings.warn(f"CAGrad with c = {c} >= 1: the convergence guarantee of [CA Thm 3.2] needs c < 1", stacklevel=2)
         self.c, self.solver, self.rescale, self.max_norm = float(c), solver, rescale, max_norm

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, clip_direction, is_number
 from mtrl.aggregators.cagrad import RESCALE, cagrad_weights
 from mtrl.aggregators.solvers import gram
 
@@ -46,7 +46,7 @@ class CAGradFast(Aggregator):
         check_option("c", c, is_number(c) and c >= 0, "a number >= 0")
         check_option("solver", solver, solver in ("exact", "sgd"), "'exact' or 'sgd'")
         check_option("rescale", rescale, rescale in RESCALE and not isinstance(rescale, bool), "0, 1 or 2")
-        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
+        check_positive_or_none("max_norm", max_norm)
         self.num_sampled, self.c, self.solver, self.rescale, self.max_norm = num_sampled, float(c), solver, rescale, max_norm
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor | None:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, LossWeighting, check_option, is_number
+from mtrl.aggregators.base import AggContext, LossWeighting, check_int, check_option, is_number
 
 
 @register
@@ -25,7 +25,7 @@ class DWA(LossWeighting):
     def __init__(self, num_tasks: int, temperature: float = 2.0, window: int = 25, max_norm: float | None = None, pi: bool = False) -> None:
         super().__init__(num_tasks, max_norm=max_norm, pi=pi)
         check_option("temperature", temperature, is_number(temperature) and temperature > 0, "a positive number")
-        check_option("window", window, isinstance(window, int) and window >= 1, "an int >= 1")
+        check_int("window", window, 1)
         self.temperature, self.window = float(temperature), window
         self.window_sum = torch.zeros(num_tasks, dtype=torch.float64)
         self.window_count = torch.zeros(num_tasks, dtype=torch.float64)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_gradient_matrix, check_option, clip_direction, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_gradient_matrix, check_int, check_positive_or_none, clip_direction
 from mtrl.aggregators.solvers import gram, positive_fixed_point
 
 
@@ -31,10 +31,10 @@ class FixedPointWeighting(Aggregator):
         warm_start: bool = True,
     ) -> None:
         super().__init__(num_tasks)
-        check_option("update_every", update_every, isinstance(update_every, int) and not isinstance(update_every, bool) and update_every >= 1, "an int >= 1")
-        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
-        check_option("scale_by_K", scale_by_K, isinstance(scale_by_K, bool), "True or False")
-        check_option("warm_start", warm_start, isinstance(warm_start, bool), "True or False")
+        check_int("update_every", update_every, 1)
+        check_positive_or_none("max_norm", max_norm)
+        check_bool("scale_by_K", scale_by_K)
+        check_bool("warm_start", warm_start)
         self.update_every, self.max_norm, self.scale_by_K, self.warm_start = update_every, max_norm, scale_by_K, warm_start
         self.alpha = torch.zeros(num_tasks, dtype=torch.float64)  # last weights by global id (0 = none yet)
         self.step = 0
@@ -77,11 +77,16 @@ class FixedPointWeighting(Aggregator):
             alpha = self.alpha[task_ids].numpy()
             info = {"reused": 1.0}
         else:
-            alpha, info = self.solve(gram(G), ctx, task_ids)
-            if info["fallback_used"] == 0.0:
-                self.alpha[task_ids] = torch.from_numpy(alpha)
-            self.step += 1
+            alpha, info = self.solve_and_store(gram(G), ctx, task_ids)
         return self.finish(G, torch.from_numpy(alpha), info)
+
+    def solve_and_store(self, M: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, dict[str, float]]:
+        """One weight update: solve, keep the weights unless they came from a fallback, count the call."""
+        alpha, info = self.solve(M, ctx, task_ids)
+        if info["fallback_used"] == 0.0:
+            self.alpha[task_ids] = torch.from_numpy(alpha)
+        self.step += 1
+        return alpha, info
 
     def finish(self, G: Tensor, weights: Tensor, info: dict[str, float]) -> Aggregation:
         """``d = G^T alpha`` (x K if ``scale_by_K``), clipped to ``max_norm``."""

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_positive_or_none, clip_direction
 from mtrl.aggregators.solvers import gram, zero_rows
 
 
@@ -49,7 +49,7 @@ class IMTLG(Aggregator):
 
     def __init__(self, num_tasks: int, max_norm: float | None = None) -> None:
         super().__init__(num_tasks)
-        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
+        check_positive_or_none("max_norm", max_norm)
         self.max_norm = max_norm
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:

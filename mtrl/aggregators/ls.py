@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, pi_scaled
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_positive_or_none, clip_direction, pi_scaled
 
 
 @register
@@ -25,8 +25,8 @@ class LinearScalarization(Aggregator):
 
     def __init__(self, num_tasks: int, max_norm: float | None = None, pi: bool = False) -> None:
         super().__init__(num_tasks)
-        check_option("max_norm", max_norm, max_norm is None or (isinstance(max_norm, (int, float)) and max_norm > 0), "None or a positive float")
-        check_option("pi", pi, isinstance(pi, bool), "True or False")
+        check_positive_or_none("max_norm", max_norm)
+        check_bool("pi", pi)
         self.max_norm, self.pi = max_norm, pi
 
     def _weights(self, ctx: AggContext) -> Tensor:

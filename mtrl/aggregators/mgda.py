@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_positive_or_none, clip_direction
 from mtrl.aggregators.performance import pi_omega
 from mtrl.aggregators.solvers import gram, min_norm_simplex
 
@@ -26,8 +26,8 @@ class MGDA(Aggregator):
 
     def __init__(self, num_tasks: int, max_norm: float | None = None, pi: bool = False) -> None:
         super().__init__(num_tasks)
-        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
-        check_option("pi", pi, isinstance(pi, bool), "True or False")
+        check_positive_or_none("max_norm", max_norm)
+        check_bool("pi", pi)
         self.max_norm, self.pi = max_norm, pi
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:

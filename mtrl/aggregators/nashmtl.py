@@ -25,11 +25,10 @@ normalised gradients, and ``info["fallback_used"] = 1``.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, check_option
+from mtrl.aggregators.base import AggContext, check_int, check_option
 from mtrl.aggregators.fixed_point import FixedPointWeighting
 from mtrl.aggregators.performance import pi_omega
 from mtrl.aggregators.solvers import zero_rows
@@ -53,7 +52,7 @@ class NashMTL(FixedPointWeighting):
         check_option("pi", pi, isinstance(pi, bool) and not (pi and solver == "ccp"), "True or False (False with solver='ccp')")
         self.pi = pi
         check_option("solver", solver, solver in ("exact", "ccp"), "'exact' or 'ccp'")
-        check_option("optim_niter", optim_niter, isinstance(optim_niter, int) and optim_niter >= 1, "an int >= 1")
+        check_int("optim_niter", optim_niter, 1)
         self.solver, self.optim_niter = solver, optim_niter
 
     def coefficients(self, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, float]:

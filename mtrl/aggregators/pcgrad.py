@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, clip_direction, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, clip_direction
 from mtrl.aggregators.solvers import gram
 
 
@@ -44,7 +44,7 @@ class PCGrad(Aggregator):
     def __init__(self, num_tasks: int, reduction: str = "mean", max_norm: float | None = None) -> None:
         super().__init__(num_tasks)
         check_option("reduction", reduction, reduction in ("mean", "sum"), "'mean' or 'sum'")
-        check_option("max_norm", max_norm, max_norm is None or (is_number(max_norm) and max_norm > 0), "None or a positive number")
+        check_positive_or_none("max_norm", max_norm)
         self.reduction, self.max_norm = reduction, max_norm
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
