@@ -1,9 +1,11 @@
 """Multi-task SAC whose critic and actor updates go through gradient aggregators (DESIGN §4).
 
-Losses are written for ONE task (``_critic_loss``, ``_actor_loss``) and mapped over the task
-dimension with ``torch.func.vmap``: the same function gives the per-task Jacobian G [K, P] (one
-vmapped backward) and, on steps that need no G, the loss vector [K] for one ordinary backward of
-``sum_i w_i * loss_i``. Row k of every batch tensor belongs to global task k.
+Losses (``_critic_loss``, ``_actor_loss``) are batch-polymorphic: written for one task (inputs
+[B, ...], per-task scalars shaped [1]) they also take the stacked inputs of all tasks ([K, B, ...],
+[K, 1]) and then return the loss vector [K]. So the same function serves ``torch.func.vmap`` over
+the task dimension (the "vmap" Jacobian engine, the hypergradient closures, the loss vector on
+steps that need no G) and the "linear" engine, which gets G [K, P] from one ordinary backward pass
+(``mtrl.jacobian``). Row k of every batch tensor belongs to global task k.
 
 One ``update`` (one training step):
 
@@ -73,7 +75,7 @@ class MTSAC(nn.Module):
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
-        self.jacobian_method = "vmap"
+        self.jacobian_method = "auto"  # mtrl.jacobian.METHODS; "auto": "linear" for our MLPs
 
     # ---- acting -------------------------------------------------------------------------------
     def act(self, obs: Tensor, deterministic: bool = False, generator: torch.Generator | None = None) -> Tensor:
@@ -85,19 +87,21 @@ class MTSAC(nn.Module):
         action, _ = self.actor(obs, self.codes[: obs.shape[0]], noise)
         return action
 
-    # ---- per-task losses (one task; vmapped over the task dimension) ---------------------------
+    # ---- per-task losses (batch-polymorphic: one task, or all K stacked) ------------------------
     def _critic_loss(self, params: dict[str, Tensor], obs: Tensor, action: Tensor, target: Tensor, code: Tensor) -> Tensor:
-        """Critic TD loss of one task: obs [B, obs_dim], action [B, A], target [B], code [T]."""
+        """Critic TD loss of one task (obs [B, obs_dim], action [B, A], target [B], code [T]) or
+        the loss vector [K] of stacked inputs ([K, B, ...], code [K, T])."""
         q1, q2 = functional_call(self.critic, params, (obs, action, code))
-        return (q1 - target).pow(2).mean() + (q2 - target).pow(2).mean()
+        return (q1 - target).pow(2).mean(-1) + (q2 - target).pow(2).mean(-1)
 
     def _actor_loss(
         self, params: dict[str, Tensor], obs: Tensor, noise: Tensor, alpha: Tensor, code: Tensor, critic_params: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
-        """Actor loss of one task (alpha * log pi - min Q) and, as aux, its mean log-probability."""
+        """Actor loss (alpha * log pi - min Q) and, as aux, the mean log-probability: of one task
+        (obs [B, obs_dim], noise [B, A], alpha [1], code [T]) or of each of K stacked tasks ([K])."""
         action, log_prob = functional_call(self.actor, params, (obs, code, noise))
         q1, q2 = functional_call(self.critic, critic_params, (obs, action, code))
-        return (alpha * log_prob - torch.min(q1, q2)).mean(), log_prob.mean().detach()
+        return (alpha * log_prob - torch.min(q1, q2)).mean(-1), log_prob.mean(-1).detach()
 
     # ---- the update -----------------------------------------------------------------------------
     def update(
@@ -127,7 +131,7 @@ class MTSAC(nn.Module):
 
         def actor_inputs(b: Batch, rows: Tensor) -> tuple[Tensor, ...]:
             noise = torch.randn(*b.reward.shape, self.action_dim, generator=generator, device=self.device)
-            return (b.obs, noise, self.log_alpha[rows].exp().detach(), self.codes[rows])
+            return (b.obs, noise, self.log_alpha[rows].exp().detach()[:, None], self.codes[rows])
 
         all_rows = torch.arange(K, device=self.device)
         self._component_step(
@@ -256,17 +260,17 @@ class MTSAC(nn.Module):
             rows = agg.rows_needed(step, context["generator"])
             groups = None
             if rows is None:
-                result = per_task_jacobian(one_task, params, inputs, shared, method=self.jacobian_method, has_aux=has_aux)
-                losses, aux = result.losses, result.aux
+                result = per_task_jacobian(
+                    one_task, params, inputs, shared, method=self.jacobian_method, has_aux=has_aux, module=module
+                )
             else:
                 chosen = set(int(r) for r in rows)
                 rest = torch.tensor([k for k in range(K) if k not in chosen], dtype=torch.long)
                 groups = tuple(torch.tensor([int(r)]) for r in rows) + ((rest,) if rest.numel() else ())
-                result = grouped_jacobian(one_task, params, inputs, groups, shared, has_aux=has_aux, method=self.jacobian_method)
-                losses = result.losses
-                if has_aux:  # the temperature needs every task's log-probability
-                    with torch.no_grad():
-                        aux = vmap(one_task, in_dims=(None,) + (0,) * len(inputs))(params, *inputs)[1]
+                result = grouped_jacobian(
+                    one_task, params, inputs, groups, shared, has_aux=has_aux, method=self.jacobian_method, module=module
+                )
+            losses, aux = result.losses, result.aux
             metrics[f"{name}/jacobian"] = time.perf_counter() - t0
             if not bool(torch.isfinite(losses).all()):
                 return self._skip(name, metrics)

@@ -58,6 +58,8 @@ class TaskConditioned(nn.Module):
         return [n for n in ("task_embedding", "head_weight", "head_bias") if hasattr(self, n)]
 
     def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        if code.dim() < x.dim():  # one code per task row: code [K, T] for x [K, B, in], or [T] for x [B, in]
+            code = code.unsqueeze(-2)
         code = code.expand(*x.shape[:-1], self.num_tasks)  # [..., T]
         if self.variant == "mt":
             x = torch.cat([x, code], dim=-1)

@@ -99,7 +99,10 @@ class AggregatorConfig:
         critic_options, actor_options: per-component overrides merged over ``options``.
         aggregate_temperature: aggregate the temperature loss too (MTRL parity); default is the
             plain per-task sum, since each task's temperature only touches its own loss.
-        jacobian: "vmap" (torch.func) or "loop" (one autograd.grad per task; fallback).
+        jacobian: engine of the per-task Jacobian (``mtrl.jacobian``): "auto" ("linear" when the
+            shared parameters are all Linear layers, as in our networks, else "vmap"), "linear"
+            (one backward pass, per-task products written into G), "vmap" (torch.func) or "loop"
+            (one autograd.grad per task, the reference code's way).
     """
 
     name: str = "ls"
@@ -107,7 +110,7 @@ class AggregatorConfig:
     critic_options: dict[str, Any] = field(default_factory=dict)
     actor_options: dict[str, Any] = field(default_factory=dict)
     aggregate_temperature: bool = False
-    jacobian: str = "vmap"
+    jacobian: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,7 @@ _NON_NEGATIVE_INTS = {"seed", "train.warmup_steps", "checkpoint.every"}
 _POSITIVE_FLOATS = {"agent.actor_lr", "agent.critic_lr", "agent.alpha_lr", "agent.init_temperature"}
 _CHOICES = {
     "agent.variant": ("mt", "te", "mh"),
-    "aggregator.jacobian": ("vmap", "loop"),
+    "aggregator.jacobian": ("auto", "linear", "vmap", "loop"),
 }
 
 

@@ -1,11 +1,20 @@
 """Per-task Jacobian G [K, P] of a loss vector w.r.t. one parameter group (DESIGN §5).
 
 ``loss_fn(params, *one_task_inputs) -> scalar`` is written for ONE task; every tensor in
-``inputs`` has a leading task dimension K. ``torch.func.vmap(grad_and_value(loss_fn))`` over that
-dimension gives all K gradients in about the time of one backward pass of the summed loss,
-where K separate ``autograd.grad`` calls (the reference code) cost about K forward-backward
-passes. The loop path is kept as a fallback for models vmap cannot handle, and the tests check
-both agree.
+``inputs`` has a leading task dimension K. Three engines compute the same G:
+
+* ``"vmap"``: ``torch.func.vmap(grad_and_value(loss_fn))`` over the task dimension, for any model
+  ``torch.func`` can trace. All K gradients in about the time of one backward pass of the summed
+  loss, plus one copy of the K x P result into G.
+* ``"linear"``: for parameter groups made of ``nn.Linear`` weights and biases (every shared
+  parameter of our actor and critic). One ordinary backward of the summed loss to the outputs of
+  the Linear layers, then per task ``dW_k = dZ_kᵀ A_k`` (one batched matmul per layer) written
+  straight into G: no per-parameter gradient tensors, no concatenation. It needs ``loss_fn`` to be
+  *batch-polymorphic*: called with the stacked inputs (leading dimension K) it returns the loss
+  vector [K] (reduce with ``mean(-1)`` and shape per-task scalars as [K, 1]), and the tasks must not
+  interact in the forward pass (no batch norm across tasks).
+* ``"loop"``: K separate ``autograd.grad`` calls (the reference code's way), the fallback for
+  models neither engine handles; the tests check that all three agree.
 
 Rows can also be grouped (CAGrad-Fast): ``groups`` is a list of LongTensors of task positions,
 and row j is the gradient of the MEAN loss over ``groups[j]``.
@@ -16,10 +25,15 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import grad, grad_and_value, vmap
 
-__all__ = ["JacobianResult", "configure_allocator", "flatten", "per_task_jacobian", "grouped_jacobian", "unflatten"]
+__all__ = [
+    "METHODS", "JacobianResult", "configure_allocator", "flatten", "grouped_jacobian", "linear_layers",
+    "per_task_jacobian", "resolve_method", "unflatten",
+]
+
+METHODS = ("auto", "linear", "vmap", "loop")
 
 
 def configure_allocator() -> bool:
@@ -81,6 +95,158 @@ def _split(grads: dict[str, Tensor], wrt: Sequence[str], leading: int) -> tuple[
     return G, other
 
 
+def linear_layers(module: nn.Module, wrt: Sequence[str]) -> dict[str, tuple[nn.Linear, str | None, str | None]] | None:
+    """``{layer name: (layer, weight name, bias name)}`` for the ``nn.Linear`` layers of ``module``
+    that hold the ``wrt`` parameters (a name is None when that parameter is not in ``wrt``), or
+    None when some ``wrt`` parameter is not a Linear weight or bias (the "linear" engine cannot
+    serve that group)."""
+    wanted = set(wrt)
+    layers: dict[str, tuple[nn.Linear, str | None, str | None]] = {}
+    for name, layer in module.named_modules():
+        if not isinstance(layer, nn.Linear):
+            continue
+        prefix = f"{name}." if name else ""
+        weight = prefix + "weight" if prefix + "weight" in wanted else None
+        bias = prefix + "bias" if layer.bias is not None and prefix + "bias" in wanted else None
+        if weight or bias:
+            layers[name] = (layer, weight, bias)
+    covered = {n for _, w, b in layers.values() for n in (w, b) if n}
+    return layers if covered == wanted else None
+
+
+def resolve_method(method: str, module: nn.Module | None, wrt: Sequence[str]) -> str:
+    """The engine ``method`` names; "auto" is "linear" when ``module``'s ``wrt`` parameters are all
+    Linear weights and biases, else "vmap"."""
+    if method not in METHODS:
+        raise ValueError(f"unknown Jacobian method {method!r}; allowed: {', '.join(METHODS)}")
+    if method != "auto":
+        return method
+    return "linear" if module is not None and linear_layers(module, wrt) is not None else "vmap"
+
+
+def _blocks(sizes: Sequence[int]) -> list[tuple[int, int, int, bool]]:
+    """Rows of G as blocks ``(first row, first task, tasks, per_task)`` over tasks ordered group by
+    group: runs of singleton groups form one per-task block (row r + i is task t + i), every larger
+    group one mean row."""
+    blocks: list[tuple[int, int, int, bool]] = []
+    row = task = 0
+    for n in sizes:
+        if n == 1 and blocks and blocks[-1][3]:
+            r, t, m, _ = blocks[-1]
+            blocks[-1] = (r, t, m + 1, True)
+        else:
+            blocks.append((row, task, n, n == 1))
+        row, task = row + 1, task + n
+    return blocks
+
+
+def _linear_engine(
+    loss_fn: LossFn,
+    params: dict[str, Tensor],
+    inputs: tuple[Tensor, ...],
+    wrt: list[str],
+    module: nn.Module | None,
+    groups: Sequence[Tensor] | None,
+    has_aux: bool,
+) -> JacobianResult:
+    """Rows of G from one backward pass to the outputs of the Linear layers (see the module doc).
+
+    Per task, row k of a layer's weight block is ``dZ_kᵀ A_k``, with A_k [n, in] the layer's inputs
+    and dZ_k [n, out] the gradient of the summed loss w.r.t. its outputs on task k's samples (only
+    task k's loss reaches them); the bias block is the column sum of dZ_k. The tasks are put in
+    group order first, so that a group's row, the same product over all its samples divided by
+    its size, is one matmul over a contiguous slice."""
+    if module is None:
+        raise ValueError("the 'linear' Jacobian engine needs the module that owns the parameters (module=...)")
+    layers = linear_layers(module, wrt)
+    if layers is None:
+        raise ValueError(
+            "the 'linear' Jacobian engine needs every wrt parameter to be an nn.Linear weight or bias; "
+            "use method='vmap' or 'loop'"
+        )
+    order = None
+    if groups is not None:
+        order = torch.cat([g.reshape(-1) for g in groups]).to(inputs[0].device)
+        inputs = tuple(x[order] for x in inputs)
+    K = inputs[0].shape[0]
+    blocks = _blocks([1] * K if groups is None else [g.numel() for g in groups])
+    leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+    taps: list[tuple[str, Tensor, Tensor]] = []  # (layer, input, output) for every call of a layer
+    handles = [
+        layer.register_forward_hook(lambda _m, args, out, name=name: taps.append((name, args[0], out)))
+        for name, (layer, _, _) in layers.items()
+    ]
+    try:
+        with torch.enable_grad():
+            out = loss_fn(leaves, *inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    losses, aux = out if has_aux else (out, None)
+    if losses.shape != (K,):
+        raise ValueError(
+            f"the 'linear' Jacobian engine needs loss_fn to return the loss vector [{K}] when called with "
+            f"the stacked inputs (a batch-polymorphic loss); got shape {tuple(losses.shape)}"
+        )
+    for name, a, _ in taps:
+        if a.shape[0] != K:
+            raise ValueError(f"layer {name!r} saw an input of shape {tuple(a.shape)}: its leading dimension must be the task dimension {K}")
+    others = [name for name in params if name not in set(wrt)]
+    grads = torch.autograd.grad(losses.sum(), [z for _, _, z in taps] + [leaves[n] for n in others], allow_unused=True)
+    output_grads, other_grads = grads[: len(taps)], grads[len(taps) :]
+
+    offsets, offset = {}, 0
+    for name in wrt:
+        offsets[name] = offset
+        offset += params[name].numel()
+    first = params[wrt[0]]
+    G = torch.empty(len(groups) if groups is not None else K, offset, dtype=first.dtype, device=first.device)
+    written: set[str] = set()
+    with torch.no_grad():
+        for (name, a, _), dz in zip(taps, output_grads):
+            if dz is None:
+                continue
+            layer, weight, bias = layers[name]
+            a = a.reshape(K, -1, a.shape[-1]).to(G.dtype)
+            dz = dz.reshape(K, -1, dz.shape[-1]).to(G.dtype)
+            for pname, is_weight in ((weight, True), (bias, False)):
+                if pname is None:
+                    continue
+                fresh = pname not in written
+                written.add(pname)
+                columns = slice(offsets[pname], offsets[pname] + params[pname].numel())
+                for row, task, n, per_task in blocks:
+                    dz_b, a_b = dz[task : task + n], a[task : task + n]
+                    if per_task:
+                        view = G[row : row + n, columns]
+                        if is_weight:
+                            view = view.view(n, layer.out_features, layer.in_features)
+                            torch.bmm(dz_b.mT, a_b, out=view) if fresh else view.baddbmm_(dz_b.mT, a_b)
+                        else:
+                            torch.sum(dz_b, 1, out=view) if fresh else view.add_(dz_b.sum(1))
+                    else:
+                        view = G[row, columns]
+                        dz_b = dz_b.reshape(-1, dz_b.shape[-1])
+                        if is_weight:
+                            view.view(layer.out_features, layer.in_features).addmm_(
+                                dz_b.T, a_b.reshape(-1, a_b.shape[-1]), beta=0.0 if fresh else 1.0, alpha=1.0 / n
+                            )
+                        else:
+                            view.copy_(dz_b.sum(0) / n) if fresh else view.add_(dz_b.sum(0) / n)
+        for name in wrt:  # a layer never called: its gradient is zero
+            if name not in written:
+                G[:, offsets[name] : offsets[name] + params[name].numel()] = 0.0
+    other = {name: torch.zeros_like(params[name]) if g is None else g for name, g in zip(others, other_grads)}
+    losses = losses.detach()
+    aux = None if aux is None else aux.detach()
+    if order is not None:
+        sizes = [g.numel() for g in groups]
+        losses = torch.stack([part.mean() for part in losses.split(sizes)])
+        if aux is not None:  # back to task order
+            aux = torch.empty_like(aux).index_copy_(0, order, aux)
+    return JacobianResult(G, losses, aux, other)
+
+
 def per_task_jacobian(
     loss_fn: LossFn,
     params: dict[str, Tensor],
@@ -89,6 +255,7 @@ def per_task_jacobian(
     *,
     method: str = "vmap",
     has_aux: bool = False,
+    module: nn.Module | None = None,
 ) -> JacobianResult:
     """G [K, P] with row k = d loss_fn(params, *[x[k] for x in inputs]) / d params[wrt].
 
@@ -98,31 +265,33 @@ def per_task_jacobian(
         inputs: per-task inputs, each with leading dimension K.
         wrt: names of the parameters that form the columns of G (default: all); the gradients of
             the others are summed over tasks and returned in ``other_grads``.
-        method: "vmap" (torch.func) or "loop" (K autograd calls).
+        method: "linear", "vmap", "loop" or "auto" (see the module doc).
+        module: the module whose parameters ``params`` are (needed by "linear" and "auto").
     """
     wrt = list(params) if wrt is None else list(wrt)
+    method = resolve_method(method, module, wrt)
     K = inputs[0].shape[0]
+    if method == "linear":
+        return _linear_engine(loss_fn, params, inputs, wrt, module, None, has_aux)
     if method == "vmap":
         in_dims = (None,) + (0,) * len(inputs)
         grads, value = vmap(grad_and_value(loss_fn, has_aux=has_aux), in_dims=in_dims)(params, *inputs)
         losses, aux = value if has_aux else (value, None)
         G, other = _split(grads, wrt, K)
         return JacobianResult(G, losses.detach(), aux, other)
-    if method == "loop":
-        rows, losses, auxes = [], [], []
-        leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-        for k in range(K):
-            out = loss_fn(leaves, *[x[k] for x in inputs])
-            loss, aux = out if has_aux else (out, None)
-            g = torch.autograd.grad(loss, list(leaves.values()))
-            rows.append(dict(zip(leaves, g)))
-            losses.append(loss.detach())
-            auxes.append(aux)
-        grads = {name: torch.stack([r[name] for r in rows]) for name in leaves}
-        G, other = _split(grads, wrt, K)
-        aux_out = torch.stack([a.detach() for a in auxes]) if has_aux else None
-        return JacobianResult(G, torch.stack(losses), aux_out, other)
-    raise ValueError(f"unknown Jacobian method {method!r}; allowed: vmap, loop")
+    rows, losses, auxes = [], [], []
+    leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+    for k in range(K):
+        out = loss_fn(leaves, *[x[k] for x in inputs])
+        loss, aux = out if has_aux else (out, None)
+        g = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        rows.append({name: torch.zeros_like(p) if gk is None else gk for (name, p), gk in zip(leaves.items(), g)})
+        losses.append(loss.detach())
+        auxes.append(aux)
+    grads = {name: torch.stack([r[name] for r in rows]) for name in leaves}
+    G, other = _split(grads, wrt, K)
+    aux_out = torch.stack([a.detach() for a in auxes]) if has_aux else None
+    return JacobianResult(G, torch.stack(losses), aux_out, other)
 
 
 def grouped_jacobian(
@@ -134,11 +303,23 @@ def grouped_jacobian(
     *,
     has_aux: bool = False,
     method: str = "vmap",
+    module: nn.Module | None = None,
 ) -> JacobianResult:
-    """Rows for groups of tasks: singleton groups come from one vmapped pass, every larger group
-    from one gradient of its mean loss. ``losses`` holds each group's mean loss; ``other_grads``
-    the plain sum over all tasks in the groups (a group's mean gradient times its size)."""
+    """Rows for ``groups``, a partition of the K tasks; ``losses`` holds each group's mean loss,
+    ``other_grads`` the plain sum over all tasks, ``aux`` (when ``has_aux``) the auxiliary output of every one
+    of the K tasks.
+
+    With "linear" all rows come from one backward pass. With "vmap"/"loop", singleton groups come
+    from one per-task pass over their tasks and every larger group from one gradient of its mean
+    loss (the reference code's |S| + 1 backward passes)."""
     wrt = list(params) if wrt is None else list(wrt)
+    K = inputs[0].shape[0]
+    covered = sorted(int(k) for g in groups for k in g.reshape(-1))
+    if covered != list(range(K)):
+        raise ValueError(f"groups must partition the tasks 0..{K - 1}; got {[g.tolist() for g in groups]}")
+    method = resolve_method(method, module, wrt)
+    if method == "linear":
+        return _linear_engine(loss_fn, params, inputs, wrt, module, groups, has_aux)
     singles = [int(g[0]) for g in groups if g.numel() == 1]
     rows: list[Tensor] = []
     losses: list[Tensor] = []
@@ -169,4 +350,8 @@ def grouped_jacobian(
                     other[name] = other.get(name, 0) + value * group.numel()
         rows.append(row)
         losses.append(loss.detach())
-    return JacobianResult(torch.stack(rows), torch.stack(losses), None, other)
+    aux = None
+    if has_aux:  # every task's auxiliary output (the temperature needs all log-probabilities)
+        with torch.no_grad():
+            aux = vmap(loss_fn, in_dims=in_dims)(params, *inputs)[1]
+    return JacobianResult(torch.stack(rows), torch.stack(losses), aux, other)
