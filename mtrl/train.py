@@ -204,7 +204,6 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool
         state, path = ckpt.load_latest(run_dir)
         print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
         return state
-    run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("metrics.jsonl", "eval.csv"):  # a run killed before its first checkpoint restarts clean
         (run_dir / name).unlink(missing_ok=True)
     return None
@@ -298,6 +297,7 @@ def train(
         skipped = dict(state["skipped"])
         perf = state.get("perf")
         last_success = state.get("last_success")
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config or env error leaves no directory behind
     save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, env.task_names, tensorboard=tcfg.tensorboard)
     progress = ProgressLine(tcfg.total_steps, start_step, enabled=tcfg.progress)
