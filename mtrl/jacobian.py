@@ -183,6 +183,7 @@ def _linear_engine(
         for handle in handles:
             handle.remove()
     losses, aux = out if has_aux else (out, None)
+    taps = [tap for tap in taps if tap[2].requires_grad]  # calls under no_grad carry no gradient
     if losses.shape != (K,):
         raise ValueError(
             f"the 'linear' Jacobian engine needs loss_fn to return the loss vector [{K}] when called with "

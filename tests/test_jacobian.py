@@ -125,12 +125,15 @@ def test_linear_engine_refuses_what_it_cannot_serve():
 
 
 def test_engines_agree_on_a_layer_called_twice_and_a_layer_not_called():
-    """Shared Linear layers reused within one loss accumulate; an unused one has zero rows."""
+    """Shared Linear layers reused within one loss accumulate, a call under no_grad adds nothing,
+    an unused layer has zero columns."""
     torch.manual_seed(0)
     net = nn.ModuleDict({"a": nn.Linear(3, 3), "b": nn.Linear(3, 1), "unused": nn.Linear(3, 2)})
     params = {n: p.detach() for n, p in net.named_parameters()}
 
     def loss_fn(p, x):
+        with torch.no_grad():  # a call that carries no gradient (e.g. a target) is not a row term
+            x = x + 0.1 * functional_call(net["a"], {"weight": p["a.weight"], "bias": p["a.bias"]}, (x,))
         h = functional_call(net["a"], {"weight": p["a.weight"], "bias": p["a.bias"]}, (x,))
         h = functional_call(net["a"], {"weight": p["a.weight"], "bias": p["a.bias"]}, (torch.tanh(h),))
         y = functional_call(net["b"], {"weight": p["b.weight"], "bias": p["b.bias"]}, (h,))
