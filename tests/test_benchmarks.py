@@ -21,15 +21,19 @@ def test_aggregator_benchmark_runs_and_writes_ratios(tmp_path):
 def test_jacobian_benchmark_runs(tmp_path):
     out = tmp_path / "jac.json"
     assert jacobian.main(["--num-tasks", "3", "--batch", "8", "--hidden", "16", "--repeats", "1", "--json", str(out)]) == 0
-    assert "ratio" in json.loads(out.read_text())["comparisons"]["vmap_vs_backward"]
+    data = json.loads(out.read_text())
+    assert data["default_engine"] == "linear"
+    assert {"default_vs_backward", "linear_vs_backward", "vmap_vs_backward", "loop_vs_backward"} <= set(data["comparisons"])
+    assert all(c["ratio"] > 0 for c in data["comparisons"].values())
 
 
 def test_update_benchmark_runs(tmp_path):
     out = tmp_path / "update.json"
-    argv = ["--sizes", "3", "--batch", "8", "--hidden", "16", "--repeats", "1", "--methods", "ls", "nashmtl", "cagrad", "cagrad_fast", "--json", str(out)]
+    argv = ["--sizes", "3", "--batch", "8", "--hidden", "16", "--repeats", "1", "--methods", "ls", "nashmtl", "cagrad", "cagrad_fast", "cagrad(loop)", "--json", str(out)]
     assert update.main(argv) == 0
     data = json.loads(out.read_text())
-    assert data["sizes"]["3"]["methods"]["nashmtl"]["ratio"] > 0
+    methods = data["sizes"]["3"]["methods"]
+    assert methods["nashmtl"]["ratio"] > 0 and methods["cagrad(loop)"]["ratio"] > 0
 
 
 def test_collect_benchmark_runs(tmp_path):
