@@ -129,6 +129,7 @@ class MultiTaskReplay:
             **{name: self._data[name][:, : self.size].cpu().clone() for name in _FIELDS},
             "position": self.position,
             "size": self.size,
+            "capacity": self.capacity,
             "generator": self.generator.get_state(),
         }
 
@@ -139,7 +140,16 @@ class MultiTaskReplay:
                 f"replay state holds {state['obs'].shape[0]} tasks x {size} transitions; this buffer has "
                 f"{self.num_tasks} tasks x capacity {self.capacity}"
             )
+        position = int(state["position"])
+        saved_capacity = state.get("capacity")  # absent in states written before it was stored
+        consistent = position < self.capacity and (size == self.capacity or position == size)
+        if (saved_capacity is not None and int(saved_capacity) != self.capacity) or not consistent:
+            raise ValueError(
+                f"replay state was written by a buffer of capacity {saved_capacity if saved_capacity is not None else 'unknown'} "
+                f"per task (size {size}, position {position}); this buffer has capacity {self.capacity}: resume "
+                f"with the same train.replay_capacity"
+            )
         for name in _FIELDS:
             self._data[name][:, :size] = state[name].to(self.device)
-        self.position, self.size = int(state["position"]), size
+        self.position, self.size = position, size
         self.generator.set_state(state["generator"])
