@@ -10,17 +10,15 @@ slow tests.
 
 from __future__ import annotations
 
-import io
-
 import metaworld
 import numpy as np
 import pytest
-import torch
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
 from envs.metaworld import MAX_PATH_LENGTH, MultiTaskEnv, benchmark_task_names
 from envs.synthetic import PointMassEnv
 from mtrl.evaluate import evaluate
+from tests.helpers import through_torch_save
 
 MT10_ORDER = [
     "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
@@ -248,13 +246,6 @@ def test_default_episode_is_metaworlds_500_steps():
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
-def through_torch_save(state: dict) -> dict:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
 def test_state_saved_at_an_episode_boundary_reproduces_the_trajectory():
     env = MultiTaskEnv("MT1-window-open-v3", seed=2, max_episode_steps=8)
     other = MultiTaskEnv("MT1-window-open-v3", seed=11, max_episode_steps=8)

@@ -7,14 +7,13 @@ sampled row tells which task and which add it came from and whether its fields b
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
 
 from envs.synthetic import PointMassEnv
 from mtrl.replay import Batch, MultiTaskReplay
+from tests.helpers import through_torch_save
 
 K, OBS_DIM, ACT_DIM = 3, 5, 2
 
@@ -46,13 +45,6 @@ def task_and_time(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     assert torch.equal(batch.action, torch.stack([t, -t], dim=-1))
     assert torch.equal(batch.next_obs, batch.obs + 0.25)
     return task, t
-
-
-def through_torch_save(state: dict) -> dict:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 # ---- layout ------------------------------------------------------------------------------------
