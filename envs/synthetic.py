@@ -70,7 +70,10 @@ class PointMassEnv:
         return self._state.copy()
 
     def step(self, actions: np.ndarray) -> StepResult:
-        actions = np.clip(np.asarray(actions, dtype=np.float32), -1.0, 1.0)  # [K, 2]
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.shape != (self.num_tasks, self.action_dim):
+            raise ValueError(f"actions must have shape {(self.num_tasks, self.action_dim)}, got {actions.shape}")
+        actions = np.clip(actions, -1.0, 1.0)  # [K, 2]
         velocity = 0.5 * self._state[:, 2:] + 0.1 * actions
         position = self._state[:, :2] + velocity
         self._state = np.concatenate([position, velocity], axis=1).astype(np.float32)
@@ -93,6 +96,8 @@ class PointMassEnv:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if state["sim"].shape[0] != self.num_tasks:
+            raise ValueError(f"environment state is for {state['sim'].shape[0]} tasks, this env has {self.num_tasks}")
         self._rng.bit_generator.state = rng_state_from_tensor(state["rng"])
         self._state = state["sim"].numpy().copy()
         self._t = state["t"].numpy().copy()

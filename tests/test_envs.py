@@ -360,20 +360,28 @@ def test_point_env_state_round_trip_mid_episode_is_exact():
 
 
 # ---- evaluation on these envs -------------------------------------------------------------------
-def test_evaluate_counts_each_tasks_episodes():
-    env = PointMassEnv("Point-3", seed=0, max_episode_steps=30, terminate_on_success=True)
-    result = evaluate(point_controller(env), env, episodes_per_task=2)
-    assert result.task_names == ["point-0", "point-1", "point-2"]
-    assert result.success_rate.tolist() == [1.0, 1.0, 1.0]
-    # a policy that never moves fails, and its return is the distance penalty of 5 steps at rest
-    idle = PointMassEnv("Point-3", seed=0, max_episode_steps=5)
-    twin = PointMassEnv("Point-3", seed=0, max_episode_steps=5)
-    zero = np.zeros((3, 2), np.float32)
-    result = evaluate(lambda obs: zero, idle, episodes_per_task=2)
-    twin.reset()
-    ends = [r for r in play(twin, np.zeros((10, 3, 2), np.float32)) if r.episode_done.all()]
-    assert result.success_rate.tolist() == [0.0, 0.0, 0.0]
-    assert np.allclose(result.mean_return, np.mean([r.episode_return for r in ends], axis=0))
+def test_evaluate_counts_the_first_episodes_of_each_task():
+    """Task 0 reaches its goal and terminates early, task 1 stands still until the time limit:
+    task 0 plays more episodes than asked for meanwhile, and only its first ones count."""
+    env = PointMassEnv("Point-2", seed=0, max_episode_steps=20, terminate_on_success=True)
+    controller = point_controller(env)
+
+    def policy(obs):
+        return controller(obs) * np.array([[1.0], [0.0]], dtype=np.float32)
+
+    result = evaluate(policy, env, episodes_per_task=2)
+    assert result.task_names == ["point-0", "point-1"]
+    assert result.success_rate.tolist() == [1.0, 0.0] and result.mean_success == 0.5
+    twin = PointMassEnv("Point-2", seed=0, max_episode_steps=20, terminate_on_success=True)
+    obs = twin.reset()
+    idle_returns = []
+    while len(idle_returns) < 2:
+        step = twin.step(policy(obs))
+        obs = step.obs
+        if step.episode_done[1]:
+            idle_returns.append(step.episode_return[1])
+    assert result.mean_return[1] == pytest.approx(np.mean(idle_returns))
+    assert result.mean_return[0] > result.mean_return[1]  # shorter and closer to the goal
 
 
 def test_evaluate_reach_controller_succeeds_on_metaworld():
@@ -382,3 +390,12 @@ def test_evaluate_reach_controller_succeeds_on_metaworld():
         assert evaluate(reach_controller, env, episodes_per_task=2).success_rate.tolist() == [1.0]
     finally:
         env.close()
+
+
+def test_point_env_refuses_a_wrong_action_shape_and_another_task_count():
+    env = PointMassEnv("Point-3", seed=0)
+    env.reset()
+    with pytest.raises(ValueError, match=r"actions must have shape \(3, 2\), got \(2,\)"):
+        env.step(np.zeros(2))
+    with pytest.raises(ValueError, match="for 3 tasks, this env has 4"):
+        PointMassEnv("Point-4", seed=0).load_state_dict(env.state_dict())
