@@ -117,11 +117,26 @@ def linear_layers(module: nn.Module, wrt: Sequence[str]) -> dict[str, tuple[nn.L
 def resolve_method(method: str, module: nn.Module | None, wrt: Sequence[str]) -> str:
     """The engine ``method`` names; "auto" is "linear" when ``module``'s ``wrt`` parameters are all
     Linear weights and biases, else "vmap"."""
+    return _engine(method, module, wrt)[0]
+
+
+def _engine(method: str, module: nn.Module | None, wrt: Sequence[str]) -> tuple[str, dict | None]:
+    """``resolve_method`` plus, for "linear", the layers of ``linear_layers`` (found once per call)."""
     if method not in METHODS:
         raise ValueError(f"unknown Jacobian method {method!r}; allowed: {', '.join(METHODS)}")
-    if method != "auto":
-        return method
-    return "linear" if module is not None and linear_layers(module, wrt) is not None else "vmap"
+    if method not in ("auto", "linear"):
+        return method, None
+    layers = None if module is None else linear_layers(module, wrt)
+    if method == "auto":
+        return ("vmap", None) if layers is None else ("linear", layers)
+    if module is None:
+        raise ValueError("the 'linear' Jacobian engine needs the module that owns the parameters (module=...)")
+    if layers is None:
+        raise ValueError(
+            "the 'linear' Jacobian engine needs every wrt parameter to be an nn.Linear weight or bias; "
+            "use method='vmap' or 'loop'"
+        )
+    return method, layers
 
 
 def _blocks(sizes: Sequence[int]) -> list[tuple[int, int, int, bool]]:
@@ -145,7 +160,7 @@ def _linear_engine(
     params: dict[str, Tensor],
     inputs: tuple[Tensor, ...],
     wrt: list[str],
-    module: nn.Module | None,
+    layers: dict[str, tuple[nn.Linear, str | None, str | None]],
     groups: Sequence[Tensor] | None,
     has_aux: bool,
 ) -> JacobianResult:
@@ -156,14 +171,6 @@ def _linear_engine(
     task k's loss reaches them); the bias block is the column sum of dZ_k. The tasks are put in
     group order first, so that a group's row, the same product over all its samples divided by
     its size, is one matmul over a contiguous slice."""
-    if module is None:
-        raise ValueError("the 'linear' Jacobian engine needs the module that owns the parameters (module=...)")
-    layers = linear_layers(module, wrt)
-    if layers is None:
-        raise ValueError(
-            "the 'linear' Jacobian engine needs every wrt parameter to be an nn.Linear weight or bias; "
-            "use method='vmap' or 'loop'"
-        )
     order = None
     if groups is not None:
         order = torch.cat([g.reshape(-1) for g in groups]).to(inputs[0].device)
@@ -192,7 +199,8 @@ def _linear_engine(
     for name, a, _ in taps:
         if a.shape[0] != K:
             raise ValueError(f"layer {name!r} saw an input of shape {tuple(a.shape)}: its leading dimension must be the task dimension {K}")
-    others = [name for name in params if name not in set(wrt)]
+    columns = set(wrt)
+    others = [name for name in params if name not in columns]
     grads = torch.autograd.grad(losses.sum(), [z for _, _, z in taps] + [leaves[n] for n in others], allow_unused=True)
     output_grads, other_grads = grads[: len(taps)], grads[len(taps) :]
 
@@ -270,10 +278,10 @@ def per_task_jacobian(
         module: the module whose parameters ``params`` are (needed by "linear" and "auto").
     """
     wrt = list(params) if wrt is None else list(wrt)
-    method = resolve_method(method, module, wrt)
+    method, layers = _engine(method, module, wrt)
     K = inputs[0].shape[0]
     if method == "linear":
-        return _linear_engine(loss_fn, params, inputs, wrt, module, None, has_aux)
+        return _linear_engine(loss_fn, params, inputs, wrt, layers, None, has_aux)
     if method == "vmap":
         in_dims = (None,) + (0,) * len(inputs)
         grads, value = vmap(grad_and_value(loss_fn, has_aux=has_aux), in_dims=in_dims)(params, *inputs)
@@ -318,9 +326,9 @@ def grouped_jacobian(
     covered = sorted(int(k) for g in groups for k in g.reshape(-1))
     if covered != list(range(K)):
         raise ValueError(f"groups must partition the tasks 0..{K - 1}; got {[g.tolist() for g in groups]}")
-    method = resolve_method(method, module, wrt)
+    method, layers = _engine(method, module, wrt)
     if method == "linear":
-        return _linear_engine(loss_fn, params, inputs, wrt, module, groups, has_aux)
+        return _linear_engine(loss_fn, params, inputs, wrt, layers, groups, has_aux)
     singles = [int(g[0]) for g in groups if g.numel() == 1]
     rows: list[Tensor] = []
     losses: list[Tensor] = []
