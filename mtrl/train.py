@@ -350,9 +350,8 @@ def train(
             extra["eval/main_success"] = rates[main_task]
         for key, agg in aggregators.items():  # PIVRG and PI-methods: the omega this evaluation sets
             if agg.name == "pivrg" or getattr(agg, "pi", False):
-                omega, tau = performance_weights(
-                    success_to_performance_drop(perf), getattr(agg, "bound", 2.0), getattr(agg, "min_temperature", 10.0)
-                )
+                settings = {k: getattr(agg, k) for k in ("bound", "min_temperature") if hasattr(agg, k)}  # PIVRG's own
+                omega, tau = performance_weights(success_to_performance_drop(perf), **settings)
                 extra[f"{key}/omega"] = [float(w) for w in omega]
                 extra[f"{key}/tau"] = tau
         logger.log(step, extra)
