@@ -107,7 +107,7 @@ class AuxiNash(FixedPointWeighting):
         task_ids = torch.as_tensor(ctx.task_ids).long().cpu()
         M = gram(G)
         alpha, info = self.solve_and_store(M, ctx, task_ids)
-        out = self.finish(G, torch.from_numpy(alpha), info)
+        out = self.finish(G, torch.from_numpy(alpha), info, M)
         if self.learn_preferences and len(task_ids) > 1 and self.step % self.hyper_every == 0:
             if info["fallback_used"] or ctx.hyper is None:
                 self.hyper_skipped += 1

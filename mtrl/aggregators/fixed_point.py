@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_gradient_matrix, check_int, check_positive_or_none, clip_direction
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_gradient_matrix, check_int, check_positive_or_none, combine
 from mtrl.aggregators.solvers import gram, positive_fixed_point
 
 
@@ -44,7 +44,7 @@ class FixedPointWeighting(Aggregator):
 
     # ---- Nash-MTL-T: reuse the stored weights between updates ------------------------------
     def needs_jacobian(self, step: int) -> bool:
-        return self.update_every == 1 or self.step % self.update_every == 0 or not bool((self.alpha > 0).any())
+        return self.update_every == 1 or self.step % self.update_every == 0 or not np.any(self.alpha.numpy() > 0)
 
     def weights_without_jacobian(self, ctx: AggContext) -> Tensor:
         self.step += 1
@@ -77,7 +77,9 @@ class FixedPointWeighting(Aggregator):
             alpha = self.alpha[task_ids].numpy()
             info = {"reused": 1.0}
         else:
-            alpha, info = self.solve_and_store(gram(G), ctx, task_ids)
+            M = gram(G)
+            alpha, info = self.solve_and_store(M, ctx, task_ids)
+            return self.finish(G, torch.from_numpy(alpha), info, M)
         return self.finish(G, torch.from_numpy(alpha), info)
 
     def solve_and_store(self, M: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, dict[str, float]]:
@@ -88,11 +90,10 @@ class FixedPointWeighting(Aggregator):
         self.step += 1
         return alpha, info
 
-    def finish(self, G: Tensor, weights: Tensor, info: dict[str, float]) -> Aggregation:
-        """``d = G^T alpha`` (x K if ``scale_by_K``), clipped to ``max_norm``."""
-        direction = weights.to(G) @ G
-        if self.scale_by_K:
-            direction = direction * G.shape[0]
-        direction, norm = clip_direction(direction, self.max_norm)
+    def finish(self, G: Tensor, weights: Tensor, info: dict[str, float], M: np.ndarray | None = None) -> Aggregation:
+        """``d = G^T alpha`` (x K if ``scale_by_K``), clipped to ``max_norm`` (the norm from ``M``
+        when the step computed it)."""
+        scaled = weights.numpy() * G.shape[0] if self.scale_by_K else weights
+        direction, norm, coefficients = combine(G, scaled, self.max_norm, M)
         info["norm"] = norm
-        return Aggregation(direction, weights, info)
+        return Aggregation(direction, weights, info, coefficients, None if M is None else torch.from_numpy(M))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_positive_or_none, clip_direction
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_positive_or_none, combine
 from mtrl.aggregators.solvers import gram, zero_rows
 
 
@@ -53,9 +53,10 @@ class IMTLG(Aggregator):
         self.max_norm = max_norm
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
-        w = imtlg_weights(gram(G))
+        M = gram(G)
+        w = imtlg_weights(M)
         if not np.all(np.isfinite(w)):  # singular beyond the ridge: fall back to the mean
             w = np.full(G.shape[0], 1.0 / G.shape[0])
         weights = torch.from_numpy(w)
-        direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
-        return Aggregation(direction, weights, {"norm": norm})
+        direction, norm, coefficients = combine(G, weights, self.max_norm, M)
+        return Aggregation(direction, weights, {"norm": norm}, coefficients, torch.from_numpy(M))

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_positive_or_none, clip_direction
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_positive_or_none, combine
 from mtrl.aggregators.performance import pi_omega
 from mtrl.aggregators.solvers import gram, min_norm_simplex
 
@@ -39,5 +39,5 @@ class MGDA(Aggregator):
             omega, _ = pi_omega(ctx, torch.as_tensor(ctx.task_ids).long().cpu())
             w, iterations = min_norm_simplex(M * np.outer(omega.numpy(), omega.numpy()))
             weights = torch.from_numpy(w) * omega
-        direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
-        return Aggregation(direction, weights, {"iterations": float(iterations), "norm": norm})
+        direction, norm, coefficients = combine(G, weights, self.max_norm, M)
+        return Aggregation(direction, weights, {"iterations": float(iterations), "norm": norm}, coefficients, torch.from_numpy(M))
