@@ -70,6 +70,10 @@ class AgentConfig:
         log_std_min, log_std_max: bounds of the actor's log standard deviation.
         actor_update_every: actor and temperature update every N training steps.
         target_update_every: target critic update every N training steps.
+        adam: "fused" (default: one kernel per optimizer step, and a non-finite loss skips the
+            step on the device without a host sync; falls back to "foreach" on devices without
+            the fused kernel) or "foreach" (bit-identical to torch's default Adam on CPU; the skip
+            then reads one flag from the device per component).
     """
 
     variant: str = "mt"
@@ -87,6 +91,7 @@ class AgentConfig:
     log_std_max: float = 2.0
     actor_update_every: int = 1
     target_update_every: int = 1
+    adam: str = "fused"
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,7 @@ _NON_NEGATIVE_INTS = {"seed", "train.warmup_steps", "checkpoint.every"}
 _POSITIVE_FLOATS = {"agent.actor_lr", "agent.critic_lr", "agent.alpha_lr", "agent.init_temperature"}
 _CHOICES = {
     "agent.variant": ("mt", "te", "mh"),
+    "agent.adam": ("fused", "foreach"),
     "aggregator.jacobian": ("auto", "linear", "vmap", "loop"),
 }
 

@@ -15,7 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["MetricsLogger", "ProgressLine", "atomic_write_text", "read_status", "write_status"]
+__all__ = ["MetricsLogger", "ProgressLine", "atomic_write_text", "read_metrics", "read_status", "write_status"]
+
+#: metric keys written to ``diagnostics.jsonl`` instead of ``metrics.jsonl`` (K x K matrices:
+#: 2,500 numbers per component at K = 50, too many for a line of the main log)
+MATRIX_SUFFIXES = ("/cos",)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -56,15 +60,52 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def read_metrics(values: dict[str, Any]) -> dict[str, Any]:
+    """Plain numbers for a metrics dict whose values may be tensors or arrays.
+
+    The training step hands its metrics over as device tensors (DESIGN §8: nothing is read on
+    the host in the hot loop); this is where they are read, once per log line: every tensor on an
+    accelerator comes to the host in ONE transfer. 0-d tensors become floats, others (nested)
+    lists; numpy arrays become lists; everything else passes through."""
+    import numpy as np
+    import torch
+
+    remote = [(k, v) for k, v in values.items() if isinstance(v, torch.Tensor) and v.device.type != "cpu"]
+    out = dict(values)
+    if remote:
+        flat = torch.cat([v.detach().reshape(-1).to(torch.float64) for _, v in remote]).cpu().tolist()
+        offset = 0
+        for key, value in remote:
+            n = value.numel()
+            chunk = flat[offset : offset + n]
+            offset += n
+            out[key] = chunk[0] if value.dim() == 0 else np.asarray(chunk).reshape(value.shape).tolist()
+    for key, value in out.items():
+        if isinstance(value, torch.Tensor):  # host tensors: no device involved
+            out[key] = value.item() if value.dim() == 0 else value.detach().tolist()
+        elif isinstance(value, np.ndarray):
+            out[key] = value.tolist()
+    return out
+
+
+def _round(value: Any, digits: int = 4) -> Any:
+    if isinstance(value, list):
+        return [_round(v, digits) for v in value]
+    return round(value, digits) if isinstance(value, float) else value
+
+
 class MetricsLogger:
-    """Append-only ``metrics.jsonl`` and ``eval.csv`` of one run directory."""
+    """Append-only ``metrics.jsonl``, ``diagnostics.jsonl`` (the K x K cosine matrices, rounded to
+    4 decimals) and ``eval.csv`` of one run directory."""
 
     def __init__(self, run_dir: Path, task_names: list[str], tensorboard: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.task_names = list(task_names)
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.diagnostics_path = self.run_dir / "diagnostics.jsonl"
         self.eval_path = self.run_dir / "eval.csv"
         self._metrics: TextIO = open(self.metrics_path, "a")
+        self._diagnostics: TextIO = open(self.diagnostics_path, "a")
         new_eval = not self.eval_path.exists() or self.eval_path.stat().st_size == 0
         self._eval: TextIO = open(self.eval_path, "a")
         if new_eval:
@@ -80,14 +121,29 @@ class MetricsLogger:
 
     def offsets(self) -> dict[str, int]:
         """Byte sizes of the metric files (after flushing), stored in checkpoints."""
-        self._metrics.flush()
-        self._eval.flush()
-        return {"metrics.jsonl": self.metrics_path.stat().st_size, "eval.csv": self.eval_path.stat().st_size}
+        for handle in self._handles():
+            handle.flush()
+        return {
+            "metrics.jsonl": self.metrics_path.stat().st_size,
+            "diagnostics.jsonl": self.diagnostics_path.stat().st_size,
+            "eval.csv": self.eval_path.stat().st_size,
+        }
+
+    def _handles(self) -> tuple[TextIO, ...]:
+        return (self._metrics, self._diagnostics, self._eval)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
+        """One line of ``metrics.jsonl`` (and of ``diagnostics.jsonl`` when ``values`` holds matrices).
+        Tensors are read here (``read_metrics``)."""
+        values = read_metrics(values)
+        matrices = {k: _round(v) for k, v in values.items() if k.endswith(MATRIX_SUFFIXES)}
+        values = {k: v for k, v in values.items() if k not in matrices}
         record = {"step": int(step), **_clean(values)}
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+        if matrices:
+            self._diagnostics.write(json.dumps({"step": int(step), **_clean(matrices)}) + "\n")
+            self._diagnostics.flush()
         if self._tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -102,7 +158,7 @@ class MetricsLogger:
             self._tb.add_scalar("eval/mean_success", mean, step)
 
     def close(self) -> None:
-        for handle in (self._metrics, self._eval):
+        for handle in self._handles():
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()

@@ -32,7 +32,7 @@ from mtrl.aggregators.performance import performance_weights, success_to_perform
 from mtrl.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from mtrl.evaluate import evaluate
 from mtrl.jacobian import configure_allocator
-from mtrl.metrics import MetricsLogger, ProgressLine, read_status, truncate_metric_files, write_status
+from mtrl.metrics import MetricsLogger, ProgressLine, read_metrics, read_status, truncate_metric_files, write_status
 from mtrl.replay import Batch, MultiTaskReplay
 
 __all__ = ["RunResult", "resolve_device", "train", "MEANING_KEYS"]
@@ -204,7 +204,7 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool
         state, path = ckpt.load_latest(run_dir)
         print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
         return state
-    for name in ("metrics.jsonl", "eval.csv"):  # a run killed before its first checkpoint restarts clean
+    for name in ("metrics.jsonl", "diagnostics.jsonl", "eval.csv"):  # a run killed before its first checkpoint restarts clean
         (run_dir / name).unlink(missing_ok=True)
     return None
 
@@ -270,7 +270,8 @@ def train(
     action_low = torch.as_tensor(env.action_low, dtype=torch.float32)
     action_high = torch.as_tensor(env.action_high, dtype=torch.float32)
 
-    start_step, update_step, episodes, skipped = 0, 0, 0, {"critic": 0, "actor": 0}
+    start_step, update_step, episodes = 0, 0, 0
+    skipped = {"critic": torch.zeros((), device=device), "actor": torch.zeros((), device=device)}  # running totals
     perf: torch.Tensor | None = None
     last_success: float | None = None
     obs = env.reset()
@@ -294,7 +295,7 @@ def train(
         cpu_gen.set_state(state["generators"]["cpu"])
         _set_rng_state(state["rng"])
         start_step, update_step, episodes = state["step"], state["update_step"], state["episodes"]
-        skipped = dict(state["skipped"])
+        skipped = {key: torch.tensor(float(n), device=device) for key, n in state["skipped"].items()}
         perf = state.get("perf")
         last_success = state.get("last_success")
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config or env error leaves no directory behind
@@ -309,7 +310,7 @@ def train(
             "step": step,
             "update_step": update_step,
             "episodes": episodes,
-            "skipped": dict(skipped),
+            "skipped": {key: int(total) for key, total in skipped.items()},
             "perf": perf,
             "last_success": last_success,
             "agent": agent.training_state(),
@@ -381,8 +382,8 @@ def train(
                     window_success.extend(result.episode_success[result.episode_done].astype(float).tolist())
                 timings["collect"] += time.perf_counter() - t0
 
-                # one gradient update
-                update_metrics: dict[str, float] = {}
+                # one gradient update; its metrics stay on the device until the next log line
+                update_metrics: dict[str, Any] = {}
                 if step >= tcfg.warmup_steps:
                     t0 = time.perf_counter()
                     batch = replay.sample(tcfg.batch_size // K)
@@ -398,23 +399,25 @@ def train(
                         aggregator_generator=cpu_gen,
                         temperature_agg=temperature_agg,
                         hyper_batches=hyper_batches if ready else None,
+                        diagnostics=(step + 1) % tcfg.log_every == 0,  # gradient diagnostics on log steps
                     )
                     for key in skipped:
-                        skipped[key] += int(update_metrics.get(f"skipped_{key}", 0))
+                        skipped[key] = skipped[key] + update_metrics.get(f"skipped_{key}", 0.0)
                     update_step += 1
                     timings["update"] += time.perf_counter() - t0
                 step += 1
 
                 if step % tcfg.log_every == 0:
                     elapsed = sum(timings.values())
+                    # the one read of device values per log line: the last update's metrics and the skip totals
+                    values = read_metrics({**update_metrics, **{f"train/skipped_{k}": n for k, n in skipped.items()}})
                     logger.log(
                         step,
                         {
-                            **update_metrics,
+                            **values,
+                            **{f"train/skipped_{k}": int(values[f"train/skipped_{k}"]) for k in skipped},
                             "train/episodes": episodes,
                             "train/success": float(np.mean(window_success)) if window_success else None,
-                            "train/skipped_critic": skipped["critic"],
-                            "train/skipped_actor": skipped["actor"],
                             "time/collect_s": timings["collect"],
                             "time/update_s": timings["update"],
                             "time/steps_per_s": tcfg.log_every / max(elapsed, 1e-9),

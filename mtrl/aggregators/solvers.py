@@ -34,11 +34,18 @@ __all__ = [
 ]
 
 
+#: profiler label of the deliberate device-to-host transfers of a training step (the K x K Gram
+#: matrix); ``mtrl bench update --profile`` counts them as syncs (on a CPU they are invisible)
+HOST_TRANSFER = "mtrl::to_host"
+
+
 def gram(G: Tensor) -> np.ndarray:
     """``M = G G^T`` [K, K]: one matmul in G's dtype on its device, returned float64 numpy (CPU).
 
     Raises ``ValueError`` if G holds NaN or Inf (seen on the diagonal, the squared row norms)."""
-    M = (G @ G.T).to(device="cpu", dtype=torch.float64).numpy()
+    M = G @ G.T
+    with torch.profiler.record_function(HOST_TRANSFER):  # the one sync of a G-based step (DESIGN §8)
+        M = M.to(device="cpu", dtype=torch.float64).numpy()
     if not np.all(np.isfinite(np.diag(M))):
         raise_if_non_finite(G)
     return M
