@@ -10,7 +10,7 @@ import pytest
 
 from mtrl.report import report
 from mtrl import stats as rstats
-from tests.run_dirs import make_run
+from tests.run_dirs import TASKS, make_run, write_diagnostics
 
 
 @pytest.fixture
@@ -169,3 +169,96 @@ def test_statistics_name_bad_input():
         rstats.interval_estimate(np.zeros((2, 2)), rstats.iqm, level=95)
     with pytest.raises(ValueError, match="taus must be"):
         rstats.performance_profile(np.zeros((2, 2)), [])
+
+
+def test_report_adds_run_task_iqm_probability_of_improvement_and_profiles(runs, tmp_path):
+    out = tmp_path / "out"
+    stats = {s.label: s for s in report([runs], out=out)}
+    # final success per run x task: ls [[.5, .5], [1, 1], [0, .5]], nashmtl [[1, 1], [.5, 1]]
+    assert stats["ls"].scores.tolist() == [[0.5, 0.5], [1.0, 1.0], [0.0, 0.5]]
+    assert stats["ls"].iqm_run_task == pytest.approx(np.mean([0.5, 0.5, 0.5, 1.0]))  # 6 scores, 1 dropped each end
+    assert stats["nashmtl"].iqm_run_task == pytest.approx(1.0)
+    lo, hi = stats["ls"].iqm_run_task_ci
+    assert 0.0 <= lo <= stats["ls"].iqm_run_task <= hi <= 1.0
+    # P(nashmtl > ls): reach 4 of 6 pairs ((1: 1, 1/2, 1), (.5: 1/2, 0, 1)), push 5 of 6 -> 0.75
+    p, plo, phi = stats["nashmtl"].probability_of_improvement["ls"]
+    assert p == pytest.approx(0.75)
+    assert stats["ls"].probability_of_improvement["nashmtl"] == pytest.approx((0.25, 1 - phi, 1 - plo))
+    data = json.loads((out / "report.json").read_text())
+    assert data["nashmtl"]["probability_of_improvement"]["ls"]["p"] == pytest.approx(0.75)
+    assert data["ls"]["iqm_run_task"] == pytest.approx(0.625) and len(data["ls"]["iqm_run_task_ci"]) == 2
+    poi = (out / "poi.csv").read_text().splitlines()
+    assert poi[0] == "x,y,p_x_better,ci_low,ci_high" and len(poi) == 3
+    profiles = (out / "profiles.csv").read_text().splitlines()
+    assert len(profiles) == 1 + 2 * 101
+    row = next(line.split(",") for line in profiles if line.startswith("ls,0.5,"))
+    assert float(row[2]) == pytest.approx(2 / 6)  # two of the six ls scores exceed 0.5
+    summary = (out / "summary.csv").read_text().splitlines()[0].split(",")
+    assert summary[:9] == ["method", "seeds", "best_mean", "best_sem", "final_mean", "final_sem", "iqm", "iqm_ci_low", "iqm_ci_high"]
+    assert summary[9:] == ["iqm_run_task", "iqm_run_task_ci_low", "iqm_run_task_ci_high"]
+    md = (out / "report.md").read_text()
+    assert "![performance profiles](profiles.png)" in md and "| nashmtl | 0.75 [" in md
+    assert (out / "profiles.png").stat().st_size > 0
+    assert not (out / "diagnostics.json").exists() and "Gradient diagnostics" not in md  # these runs logged none
+
+
+def test_methods_on_different_tasks_are_not_compared(tmp_path):
+    make_run(tmp_path, "ls", 0, [(10, [0.5, 0.5])])
+    make_run(tmp_path, "mt1", 0, [(10, [0.5])], tasks=["reach-v3"], label="other")
+    stats = report([tmp_path], out=tmp_path / "out")
+    assert all(not s.probability_of_improvement for s in stats)
+    assert (tmp_path / "out" / "poi.csv").read_text().strip() == "x,y,p_x_better,ci_low,ci_high"
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient diagnostics in the report: figures produced, numbers equal to the logs
+# ---------------------------------------------------------------------------------------------
+STEPS = [200, 400, 600, 800, 1000, 1200, 1400]  # 7 log steps: thirds are the first and last 3
+
+
+@pytest.fixture
+def diag_runs(tmp_path):
+    logged = {}
+    for method, weights in (("nashmtl", True), ("pcgrad", False)):
+        for seed in (0, 1):
+            path = make_run(tmp_path, method, seed, [(700, [0.0, 0.5]), (1400, [0.5 * seed, 1.0])])
+            logged[method, seed] = write_diagnostics(path, STEPS, len(TASKS), seed=10 * seed + weights, weights=weights)
+    make_run(tmp_path, "ls", 0, [(700, [0.0, 0.0]), (1400, [1.0, 0.0])])  # an older run: no diagnostics
+    return tmp_path, logged
+
+
+def test_report_diagnostics_equal_the_mean_of_the_logged_values(diag_runs):
+    root, logged = diag_runs
+    out = root / "out"
+    report([root], out=out)
+    data = json.loads((out / "diagnostics.json").read_text())
+    assert set(data) == {"nashmtl", "pcgrad"}  # the run without diagnostics is left out
+    for method in ("nashmtl", "pcgrad"):
+        for c in ("critic", "actor"):
+            got, seeds = data[method][c], [logged[method, s][c] for s in (0, 1)]
+            assert got["seeds"] == 2 and got["steps"] == STEPS
+            first = np.mean([s["cos"][:3].mean(0) for s in seeds], axis=0)
+            last = np.mean([s["cos"][-3:].mean(0) for s in seeds], axis=0)
+            np.testing.assert_allclose(got["cos_first_third"], first, atol=1e-6)
+            np.testing.assert_allclose(got["cos_last_third"], last, atol=1e-6)
+            np.testing.assert_allclose(got["conflict"], np.mean([s["conflict"] for s in seeds], axis=0))
+            assert got["conflict_first_third"] == pytest.approx(np.mean([s["conflict"][:3].mean() for s in seeds]))
+            assert got["conflict_last_third"] == pytest.approx(np.mean([s["conflict"][-3:].mean() for s in seeds]))
+            served = np.mean([s["served"].mean(0) for s in seeds], axis=0)
+            assert [got["served"][t] for t in TASKS] == pytest.approx(served.tolist())
+            assert got["direction_norm"] == pytest.approx(np.mean([s["direction_norm"].mean() for s in seeds]))
+            if method == "nashmtl":
+                weights = np.mean([s["weights"] for s in seeds], axis=0)  # [S, K]
+                for i, t in enumerate(TASKS):
+                    assert got["weights"][t] == pytest.approx(weights[:, i].tolist())
+            else:
+                assert got["weights"] is None
+    for name in ("conflict.png", "served.png", "cos_nashmtl.png", "cos_pcgrad.png", "weights_nashmtl.png", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / "weights_pcgrad.png").exists()  # PCGrad is no weighting: nothing to plot
+    md = (out / "report.md").read_text()
+    assert "## Gradient diagnostics" in md and "![conflict fraction over training](conflict.png)" in md
+    assert "[cosines](cos_nashmtl.png), [weights](weights_nashmtl.png)" in md and "[cosines](cos_pcgrad.png) |" in md
+    nash = data["nashmtl"]["critic"]
+    assert f"{nash['conflict_first_third']:.2f} → {nash['conflict_last_third']:.2f}" in md
+    assert "| ls | 1 |" in md  # the older run is still in the success tables
