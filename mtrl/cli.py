@@ -13,6 +13,9 @@ from pathlib import Path
 __all__ = ["main"]
 
 _BENCHES = ("aggregators", "jacobian", "update", "collect")
+# commands whose module parses its own arguments (``mtrl.inspection``: a module named ``inspect``
+# would shadow the standard library's when a file of mtrl/ is run as a script)
+_MODULE_COMMANDS = {"sweep": "mtrl.sweep", "report": "mtrl.report", "inspect": "mtrl.inspection"}
 
 
 def _default_run_dir(config_path: Path, seed: int) -> Path:
@@ -96,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     from mtrl.checkpoint import CheckpointError
 
     try:
-        if argv and argv[0] in ("sweep", "report", "inspect"):
+        if argv and argv[0] in _MODULE_COMMANDS:
             import importlib
 
-            module = importlib.import_module(f"mtrl.{argv[0]}")
+            module = importlib.import_module(_MODULE_COMMANDS[argv[0]])
             return int(module.main(argv[1:]) or 0)
         parser = _parser()
         if argv and argv[0] == "bench":

@@ -27,7 +27,7 @@ citations): the score of run n on task m is the task's success at the run's fina
 * **performance profiles**: the fraction of run x task scores above each threshold tau in [0, 1],
   with bootstrap bands (``profiles.png``, ``profiles.csv``).
 
-Gradient diagnostics (``mtrl/inspect.py``, ``docs/diagnostics.md``), per method over the seeds
+Gradient diagnostics (``mtrl/inspection.py``, ``docs/diagnostics.md``), per method over the seeds
 that logged them: conflict fraction over training (``conflict.png``), cosine heatmaps of the first
 and last third (``cos_<method>.png``), weight trajectories (``weights_<method>.png``), each task's
 served cosine against its final success (``served.png``); the numbers behind them in
@@ -51,7 +51,7 @@ import numpy as np
 import yaml
 
 from mtrl import stats as rstats
-from mtrl.inspect import (
+from mtrl.inspection import (
     MethodDiagnostics,
     aggregate_diagnostics,
     file_label,

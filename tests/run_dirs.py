@@ -1,6 +1,6 @@
 """Synthetic run directories for the report and inspect tests: config.yaml, eval.csv and, when
 asked, the gradient diagnostics the trainer logs (metrics.jsonl keys and diagnostics.jsonl,
-as docs/diagnostics.md and mtrl/inspect.py describe them)."""
+as docs/diagnostics.md and mtrl/inspection.py describe them)."""
 
 from __future__ import annotations
 

@@ -4,12 +4,15 @@ reading rules for restarted and killed runs, older runs without diagnostics, cle
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mtrl.cli import main as cli_main
-from mtrl.inspect import inspect_run, read_diagnostics, read_jsonl, thirds
+from mtrl.inspection import inspect_run, read_diagnostics, read_jsonl, thirds
 from tests.run_dirs import make_run, write_diagnostics
 
 TASKS = ["reach-v3", "push-v3", "pick-place-v3"]
@@ -59,6 +62,13 @@ def test_inspect_through_the_cli_and_its_errors(run, tmp_path, capsys):
     assert (tmp_path / "cli" / "inspect.json").exists()
     assert cli_main(["inspect", str(tmp_path)]) == 2  # a folder of runs, not one run
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_the_cli_file_runs_as_a_script_without_shadowing_the_standard_inspect_module():
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "mtrl" / "cli.py"), "inspect", "-h"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "usage: mtrl inspect" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_an_older_run_without_diagnostics_still_inspects(tmp_path, capsys):

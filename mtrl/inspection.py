@@ -1,6 +1,7 @@
 """Look inside runs: read the gradient diagnostics the trainer logged, summarise and plot them.
 
-``mtrl inspect RUN_DIR [--out DIR]`` prints and plots one run; ``mtrl report`` uses the same
+``mtrl inspect RUN_DIR [--out DIR]`` (this module; not named ``inspect``, which would shadow the
+standard library's module when a file of ``mtrl/`` runs as a script) prints and plots one run; ``mtrl report`` uses the same
 readers and figures with every method's seeds averaged (``docs/diagnostics.md`` explains the
 quantities and how to read each figure).
 
