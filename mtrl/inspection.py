@@ -58,26 +58,45 @@ COMPONENTS = ("critic", "actor")
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL log, sorted by step, one per step (the last one written wins)."""
+def read_jsonl(path: Path, convert=None) -> list[dict]:
+    """Records of a JSONL log, sorted by step, one per step (the last one written wins).
+
+    Read line by line; ``convert`` (record -> record) is applied as each line is parsed, so that
+    large values (the K x K matrices of diagnostics.jsonl at K = 50) become arrays at once instead
+    of piling up as Python lists.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
     by_step: dict[int, dict] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as err:
-            if number == len(lines):  # a run killed while writing its last line
-                break
-            raise ValueError(f"{path}: line {number} is not valid JSON ({err})") from err
-        if not isinstance(record, dict) or "step" not in record:
-            raise ValueError(f"{path}: line {number} has no 'step' field")
-        by_step[int(record["step"])] = record
+    broken: tuple[int, ValueError] | None = None  # an unparsable line: fine only if it is the last
+    with open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if broken is not None:
+                raise ValueError(f"{path}: line {broken[0]} is not valid JSON ({broken[1]})")
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                broken = (number, err)  # a run killed while writing its last line, unless more follow
+                continue
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError(f"{path}: line {number} has no 'step' field")
+            by_step[int(record["step"])] = convert(record) if convert is not None else record
     return [by_step[s] for s in sorted(by_step)]
+
+
+def _matrices_as_arrays(record: dict) -> dict:
+    """``*/cos`` lists as float arrays; a ragged one stays a list (``_component`` reports it)."""
+    out = dict(record)
+    for key, value in record.items():
+        if key.endswith("/cos") and value is not None:
+            try:
+                out[key] = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                pass
+    return out
 
 
 def thirds(count: int) -> tuple[slice, slice]:
@@ -139,11 +158,15 @@ def _component(name: str, metrics: list[dict], cosines: list[dict], num_tasks: i
         value = record.get(f"{name}/cos")
         if value is None:
             continue
-        matrix = np.array(value, dtype=np.float64)
-        if matrix.shape != (num_tasks, num_tasks):
+        try:
+            matrix = np.asarray(value, dtype=np.float64)
+            found = f"shape {matrix.shape}"
+        except (TypeError, ValueError):
+            matrix, found = None, "rows of different lengths or values that are not numbers"
+        if matrix is None or matrix.shape != (num_tasks, num_tasks):
             raise ValueError(
                 f"{run_dir / 'diagnostics.jsonl'}: step {record['step']}: '{name}/cos' should be {num_tasks} x {num_tasks}; "
-                f"found shape {matrix.shape}"
+                f"found {found}"
             )
         matrices.append(matrix)
         cos_steps.append(int(record["step"]))
@@ -171,7 +194,7 @@ def read_diagnostics(run_dir: Path, tasks: list[str]) -> RunDiagnostics | None:
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     if not any(f"{c}/conflict" in r for r in metrics for c in COMPONENTS):
         return None
-    cosines = read_jsonl(run_dir / "diagnostics.jsonl")
+    cosines = read_jsonl(run_dir / "diagnostics.jsonl", convert=_matrices_as_arrays)
     components = {}
     for name in COMPONENTS:
         component = _component(name, metrics, cosines, len(tasks), run_dir)

@@ -117,3 +117,6 @@ def test_bad_logs_are_clear_errors(run):
     (path / "diagnostics.jsonl").write_text(json.dumps({"step": 100, "critic/cos": [[1.0, 0.0], [0.0, 1.0]]}) + "\n")
     with pytest.raises(ValueError, match=r"step 100: 'critic/cos' should be 3 x 3; found shape \(2, 2\)"):
         read_diagnostics(path, TASKS)
+    (path / "diagnostics.jsonl").write_text(json.dumps({"step": 100, "critic/cos": [[1.0, 0.0, 0.0], [0.0, 1.0]]}) + "\n")
+    with pytest.raises(ValueError, match=r"step 100: 'critic/cos' should be 3 x 3; found rows of different lengths"):
+        read_diagnostics(path, TASKS)
