@@ -1,9 +1,9 @@
 """Look inside runs: read the gradient diagnostics the trainer logged, summarise and plot them.
 
-``mtrl inspect RUN_DIR [--out DIR]`` (this module; not named ``inspect``, which would shadow the
-standard library's module when a file of ``mtrl/`` runs as a script) prints and plots one run; ``mtrl report`` uses the same
+``mtrl inspect RUN_DIR [--out DIR]`` prints and plots one run; ``mtrl report`` uses the same
 readers and figures with every method's seeds averaged (``docs/diagnostics.md`` explains the
-quantities and how to read each figure).
+quantities and how to read each figure). The module is not named ``inspect``: that would shadow
+the standard library's module whenever a file of ``mtrl/`` runs as a script.
 
 What the trainer writes every ``log_every`` steps, per component ``c`` in {critic, actor}
 (K = the tasks, in the order of the columns of ``eval.csv``):
@@ -39,11 +39,13 @@ __all__ = [
     "COMPONENTS",
     "ComponentDiagnostics",
     "RunDiagnostics",
+    "ComponentSummary",
     "MethodDiagnostics",
     "read_jsonl",
     "read_diagnostics",
     "aggregate_diagnostics",
     "thirds",
+    "file_label",
     "plot_conflict",
     "plot_cosines",
     "plot_weights",
@@ -549,7 +551,7 @@ def inspect_run(run_dir: Path, out: Path | None = None) -> dict:
             if c.cos_last is not None:
                 pairs = _most_conflicting(c.cos_last, tasks)
                 if pairs:
-                    print(f"  most conflicting pairs (last third): " + ", ".join(f"{a} / {b} {v:.2f}" for a, b, v in pairs))
+                    print("  most conflicting pairs (last third): " + ", ".join(f"{a} / {b} {v:.2f}" for a, b, v in pairs))
         print("served = mean cos(d, g_i) over training (negative: the update raised the task's loss to first order)")
         print(_table(header, rows))
         diags = {method.label: method}
