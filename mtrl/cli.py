@@ -1,4 +1,4 @@
-"""Command line: ``mtrl train | evaluate | sweep | report | bench``.
+"""Command line: ``mtrl train | evaluate | sweep | report | inspect | bench``.
 
 Errors a user can cause (bad config, bad run directory, no checkpoint) are printed as one line
 and exit with status 2; nothing else is caught here.
@@ -13,6 +13,9 @@ from pathlib import Path
 __all__ = ["main"]
 
 _BENCHES = ("aggregators", "jacobian", "update", "collect")
+# commands whose module parses its own arguments (``mtrl.inspection``: a module named ``inspect``
+# would shadow the standard library's when a file of mtrl/ is run as a script)
+_MODULE_COMMANDS = {"sweep": "mtrl.sweep", "report": "mtrl.report", "inspect": "mtrl.inspection"}
 
 
 def _default_run_dir(config_path: Path, seed: int) -> Path:
@@ -85,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sweep", help="run methods x seeds (see `mtrl sweep -h`)", add_help=False)
     sub.add_parser("report", help="tables and figures over run directories (see `mtrl report -h`)", add_help=False)
+    sub.add_parser("inspect", help="success and gradient diagnostics of one run (see `mtrl inspect -h`)", add_help=False)
     p = sub.add_parser("bench", help="speed benchmarks printing ratios measured in one run")
     p.add_argument("what", choices=_BENCHES)
     return parser
@@ -95,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     from mtrl.checkpoint import CheckpointError
 
     try:
-        if argv and argv[0] in ("sweep", "report"):
+        if argv and argv[0] in _MODULE_COMMANDS:
             import importlib
 
-            module = importlib.import_module(f"mtrl.{argv[0]}")
+            module = importlib.import_module(_MODULE_COMMANDS[argv[0]])
             return int(module.main(argv[1:]) or 0)
         parser = _parser()
         if argv and argv[0] == "bench":
