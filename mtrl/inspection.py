@@ -61,7 +61,8 @@ COMPONENTS = ("critic", "actor")
 # reading
 # ---------------------------------------------------------------------------------------------
 def read_jsonl(path: Path, convert=None) -> list[dict]:
-    """Records of a JSONL log, sorted by step, one per step (the last one written wins).
+    """Records of a JSONL log, sorted by step, one per step: lines of the same step are merged,
+    a later value winning (the trainer writes an evaluation line at the step of a log line).
 
     Read line by line; ``convert`` (record -> record) is applied as each line is parsed, so that
     large values (the K x K matrices of diagnostics.jsonl at K = 50) become arrays at once instead
@@ -85,7 +86,7 @@ def read_jsonl(path: Path, convert=None) -> list[dict]:
                 continue
             if not isinstance(record, dict) or "step" not in record:
                 raise ValueError(f"{path}: line {number} has no 'step' field")
-            by_step[int(record["step"])] = convert(record) if convert is not None else record
+            by_step.setdefault(int(record["step"]), {}).update(convert(record) if convert is not None else record)
     return [by_step[s] for s in sorted(by_step)]
 
 

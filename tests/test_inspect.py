@@ -89,16 +89,16 @@ def test_missing_cosine_file_leaves_out_only_the_heatmaps(run, tmp_path):
     assert payload["diagnostics"]["critic"]["cos_last_third"] is None
 
 
-def test_a_step_logged_twice_keeps_its_last_record_and_a_cut_last_line_is_dropped(run):
+def test_lines_of_one_step_merge_and_a_cut_last_line_is_dropped(run):
     path, logged = run
-    with open(path / "metrics.jsonl", "a") as handle:  # a restart re-logged step 500, then the run was killed
-        handle.write(json.dumps({"step": 500, "critic/conflict": 1.0, "actor/conflict": 0.0}) + "\n")
+    with open(path / "metrics.jsonl", "a") as handle:  # the evaluation line of step 500, then the run was killed
+        handle.write(json.dumps({"step": 500, "eval/mean_success": 0.5, "critic/conflict": 1.0}) + "\n")
         handle.write('{"step": 600, "critic/confl')
     diagnostics = read_diagnostics(path, TASKS)
     critic = diagnostics.components["critic"]
     assert critic.steps.tolist() == STEPS
-    assert critic.conflict.tolist() == pytest.approx(logged["critic"]["conflict"][:4].tolist() + [1.0])
-    assert np.isnan(critic.served[-1]).all()  # the re-logged record carried no served values
+    assert critic.conflict.tolist() == pytest.approx(logged["critic"]["conflict"][:4].tolist() + [1.0])  # later wins
+    np.testing.assert_allclose(critic.served[-1], logged["critic"]["served"][-1])  # earlier keys are kept
     assert [r["step"] for r in read_jsonl(path / "metrics.jsonl")] == [50, *STEPS]
 
 
