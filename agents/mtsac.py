@@ -24,19 +24,20 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from agents.networks import Actor, Critic
 from mtrl.aggregators.base import AggContext, Aggregator
 from mtrl.aggregators.hypergrad import HyperContext
 from mtrl.diagnostics import gradient_diagnostics
-from mtrl.jacobian import grouped_jacobian, per_task_jacobian, unflatten
+from mtrl.jacobian import JacobianResult, flatten, grouped_jacobian, per_task_jacobian, unflatten
 from mtrl.replay import Batch
 
 __all__ = ["HyperBatches", "MTSAC"]
@@ -78,6 +79,8 @@ class MTSAC(nn.Module):
         self.critic_optimizer = self._adam(self.critic.parameters(), cfg.critic_lr)
         self.alpha_optimizer = self._adam([self.log_alpha], cfg.alpha_lr)
         self.jacobian_method = "auto"  # mtrl.jacobian.METHODS; "auto": "linear" for our MLPs
+        self._compiled_fns: dict[str, Callable] = {}  # agent.compile: compiled pieces, built on first use
+        self.compile_fallbacks: dict[str, str] = {}  # engine -> why it runs eager under agent.compile
 
     def _adam(self, params, lr: float) -> torch.optim.Optimizer:
         """Adam as ``cfg.adam`` says: "fused" (one kernel per step, and the non-finite skip stays on
@@ -179,13 +182,60 @@ class MTSAC(nn.Module):
     def _critic_target(self, batch: Batch, rows: Tensor, generator: torch.Generator | None) -> Tensor:
         """Soft TD targets [R, B] under no_grad: r + gamma (1 - done) (min Q_target(s', a') - alpha log pi(a'|s'))
         for a batch whose row r belongs to global task ``rows[r]``."""
+        noise = torch.randn(*batch.reward.shape, self.action_dim, generator=generator, device=self.device)
+        target = self._compiled("target", lambda: self._soft_target) if self.cfg.compile else self._soft_target
         with torch.no_grad():
-            codes = self.codes[rows]
-            noise = torch.randn(*batch.reward.shape, self.action_dim, generator=generator, device=self.device)
-            next_action, next_log_prob = self.actor(batch.next_obs, codes[:, None], noise)
-            tq1, tq2 = self.critic_target(batch.next_obs, next_action, codes[:, None])
-            soft_value = torch.min(tq1, tq2) - self.log_alpha[rows].exp()[:, None] * next_log_prob
-            return batch.reward + self.cfg.discount * (1.0 - batch.done) * soft_value
+            return target(batch.next_obs, batch.reward, batch.done, self.codes[rows], self.log_alpha[rows].detach(), noise)
+
+    def _soft_target(self, next_obs: Tensor, reward: Tensor, done: Tensor, codes: Tensor, log_alpha: Tensor, noise: Tensor) -> Tensor:
+        next_action, next_log_prob = self.actor(next_obs, codes[:, None], noise)
+        tq1, tq2 = self.critic_target(next_obs, next_action, codes[:, None])
+        soft_value = torch.min(tq1, tq2) - log_alpha.exp()[:, None] * next_log_prob
+        return reward + self.cfg.discount * (1.0 - done) * soft_value
+
+    # ---- agent.compile: torch.compile'd pieces of the update --------------------------------------
+    def _compiled(self, key: str, build: Callable[[], Callable]) -> Callable:
+        """The compiled version of ``build()``, made once per key (static shapes: ``dynamic=False``,
+        so a run compiles each piece once; the first update pays for it)."""
+        fn = self._compiled_fns.get(key)
+        if fn is None:
+            fn = self._compiled_fns[key] = torch.compile(build(), dynamic=False)
+        return fn
+
+    def _compile_fallback(self, engine: str) -> None:
+        reason = {
+            "linear": "the 'linear' Jacobian engine takes gradients at the outputs of the Linear layers, which a "
+            "compiled graph does not expose",
+            "loop": "the 'loop' engine (one autograd.grad per task) is the reference fallback",
+        }[engine]
+        if engine not in self.compile_fallbacks:
+            self.compile_fallbacks[engine] = reason
+            warnings.warn(f"agent.compile: G is built eagerly with the {engine!r} engine: {reason}; "
+                          "aggregator.jacobian: auto or vmap compiles it", RuntimeWarning, stacklevel=3)
+
+    def _compiled_jacobian(self, name, loss_fn, params, inputs, constants, shared, has_aux, groups) -> JacobianResult:
+        """G through one compiled ``vmap(grad_and_value(loss))`` over the task dimension (the
+        "vmap" engine, compiled); reduced rows (CAGrad-Fast) are the group means of its rows."""
+        keys = list(constants)
+
+        def build() -> Callable:
+            def one_task(p: dict[str, Tensor], *args: Tensor) -> Any:
+                return loss_fn(p, *args[: len(inputs)], **dict(zip(keys, args[len(inputs):])))
+
+            in_dims = (None,) + (0,) * len(inputs) + (None,) * len(keys)
+            return vmap(grad_and_value(one_task, has_aux=has_aux), in_dims=in_dims)
+
+        grads, value = self._compiled(f"jacobian/{name}", build)(params, *inputs, *constants.values())
+        losses, aux = value if has_aux else (value, None)
+        K = inputs[0].shape[0]
+        G = flatten([grads[n] for n in shared], K)
+        other = {n: g.sum(0) for n, g in grads.items() if n not in set(shared)}
+        losses = losses.detach()
+        if groups is not None:
+            index = [g.to(G.device) for g in groups]
+            G = torch.stack([G[i].mean(0) for i in index])
+            losses = torch.stack([losses[i].mean() for i in index])
+        return JacobianResult(G, losses, None if aux is None else aux.detach(), other)
 
     def _hyper_context(
         self, module: nn.Module, loss_fn, make_inputs, constants: dict[str, Any], agg: Aggregator,
@@ -256,7 +306,8 @@ class MTSAC(nn.Module):
         if not agg.needs_jacobian(step):
             # one backward of sum_i w_i loss_i: the direction is w @ G without building G. The
             # losses are batch-polymorphic: the stacked call gives the loss vector [K] directly.
-            out = loss_fn(named, *inputs, **constants)
+            forward = self._compiled(f"loss/{name}", lambda: loss_fn) if self.cfg.compile else loss_fn
+            out = forward(named, *inputs, **constants)
             losses, aux = out if has_aux else (out, None)
             ctx = AggContext(step=step, task_ids=task_ids, losses=losses.detach(), hyper=hyper, **context)
             weights = agg.weights_without_jacobian(ctx)  # [K] float64, host
@@ -277,7 +328,7 @@ class MTSAC(nn.Module):
         else:
             params = {n: p.detach() for n, p in named.items()}
             groups = self._row_groups(agg, step, context["generator"], K)
-            result = self._jacobian(loss_fn, params, inputs, constants, shared, module, has_aux, groups)
+            result = self._jacobian(name, loss_fn, params, inputs, constants, shared, module, has_aux, groups)
             losses, aux = result.losses, result.aux
             metrics[f"{name}/jacobian"] = time.perf_counter() - t0
             ctx = AggContext(
@@ -311,7 +362,7 @@ class MTSAC(nn.Module):
             G = None
             if gram is None or coefficients is None:  # no-G path or reduced rows: one extra pass
                 params = {n: p.detach() for n, p in named.items()}
-                G = self._jacobian(loss_fn, params, inputs, constants, shared, module, has_aux, None).G
+                G = self._jacobian(name, loss_fn, params, inputs, constants, shared, module, has_aux, None).G
             metrics.update({f"{name}/{k}": v for k, v in gradient_diagnostics(G, direction, gram, coefficients).items()})
         return aux
 
@@ -324,7 +375,12 @@ class MTSAC(nn.Module):
         rest = torch.tensor([k for k in range(K) if k not in set(chosen)], dtype=torch.long)
         return tuple(torch.tensor([r]) for r in chosen) + ((rest,) if rest.numel() else ())
 
-    def _jacobian(self, loss_fn, params, inputs, constants, shared, module, has_aux, groups):
+    def _jacobian(self, name, loss_fn, params, inputs, constants, shared, module, has_aux, groups):
+        if self.cfg.compile:
+            if self.jacobian_method in ("auto", "vmap"):
+                return self._compiled_jacobian(name, loss_fn, params, inputs, constants, shared, has_aux, groups)
+            self._compile_fallback(self.jacobian_method)
+
         def one_task(p: dict[str, Tensor], *args: Tensor) -> Any:
             return loss_fn(p, *args, **constants)
 

@@ -74,6 +74,11 @@ class AgentConfig:
             step on the device without a host sync; falls back to "foreach" on devices without
             the fused kernel) or "foreach" (bit-identical to torch's default Adam on CPU; the skip
             then reads one flag from the device per component).
+        compile: run the update's forward and backward passes through ``torch.compile``
+            (inductor; C++ on a CPU): the TD targets, the batched losses of the one-backward path
+            and, for G-based methods, one compiled ``vmap(grad)`` over the tasks (the "vmap"
+            engine; ``aggregator.jacobian: linear`` or ``loop`` then run eager, with a warning).
+            The first update compiles (tens of seconds); shapes are static, so nothing recompiles.
     """
 
     variant: str = "mt"
@@ -92,6 +97,7 @@ class AgentConfig:
     actor_update_every: int = 1
     target_update_every: int = 1
     adam: str = "fused"
+    compile: bool = False
 
 
 @dataclass(frozen=True)
