@@ -34,6 +34,17 @@ def test_update_benchmark_runs(tmp_path):
     data = json.loads(out.read_text())
     methods = data["sizes"]["3"]["methods"]
     assert methods["nashmtl"]["ratio"] > 0 and methods["cagrad(loop)"]["ratio"] > 0
+    diagnostics = data["sizes"]["3"]["diagnostics"]  # the cost of a log step's gradient diagnostics
+    assert set(diagnostics) == {"ls", "nashmtl"} and all("amortised_fraction_of_ls" in d for d in diagnostics.values())
+
+
+def test_update_profile_counts_syncs_and_ops(tmp_path):
+    out = tmp_path / "profile.json"
+    argv = ["--profile", "--sizes", "3", "--batch", "8", "--hidden", "16", "--methods", "ls", "nashmtl", "--json", str(out)]
+    assert update.main(argv) == 0
+    profile = json.loads(out.read_text())["profile"]
+    assert profile["ls"]["syncs_per_update"] == 0 and profile["nashmtl"]["syncs_per_update"] == 2  # the two Gram matrices
+    assert profile["nashmtl"]["ops_per_update"] > profile["ls"]["ops_per_update"] > 0
 
 
 def test_collect_benchmark_runs(tmp_path):
