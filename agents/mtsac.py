@@ -223,13 +223,18 @@ class MTSAC(nn.Module):
                 return loss_fn(p, *args[: len(inputs)], **dict(zip(keys, args[len(inputs):])))
 
             in_dims = (None,) + (0,) * len(inputs) + (None,) * len(keys)
-            return vmap(grad_and_value(one_task, has_aux=has_aux), in_dims=in_dims)
+            per_task = vmap(grad_and_value(one_task, has_aux=has_aux), in_dims=in_dims)
 
-        grads, value = self._compiled(f"jacobian/{name}", build)(params, *inputs, *constants.values())
+            def jacobian(*args: Any) -> tuple[Tensor, Any, dict[str, Tensor]]:
+                grads, value = per_task(*args)
+                # G assembled inside the graph: inductor writes the per-task products into it
+                G = flatten([grads[n] for n in shared], args[1].shape[0])
+                return G, value, {n: g.sum(0) for n, g in grads.items() if n not in set(shared)}
+
+            return jacobian
+
+        G, value, other = self._compiled(f"jacobian/{name}", build)(params, *inputs, *constants.values())
         losses, aux = value if has_aux else (value, None)
-        K = inputs[0].shape[0]
-        G = flatten([grads[n] for n in shared], K)
-        other = {n: g.sum(0) for n, g in grads.items() if n not in set(shared)}
         losses = losses.detach()
         if groups is not None:
             index = [g.to(G.device) for g in groups]
