@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import aggregators, collect, jacobian, update
 
 
@@ -16,6 +18,19 @@ def test_aggregator_benchmark_runs_and_writes_ratios(tmp_path):
     assert {"gram", "nashmtl", "cagrad", "ls"} <= set(methods)
     assert all("ratio" in m for m in methods.values())
     assert all("ratio" in t for t in data["sizes"]["3"]["targets"])
+
+
+def test_aggregator_benchmark_vs_torchjd_writes_ratios_and_agrees_with_it(tmp_path):
+    pytest.importorskip("torchjd")
+    pytest.importorskip("ecos")  # TorchJD's NashMTL solver (the `bench` extra installs it)
+    out = tmp_path / "vs.json"
+    assert aggregators.main(["--vs", "torchjd", "--sizes", "3", "--params", "500", "--repeats", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    methods = data["sizes"]["3"]["methods"]
+    assert set(methods) == set(aggregators.TORCHJD_PAIRS) and "pivrg" in data["torchjd_lacks"]
+    assert all(m["ratio"] > 0 and m["torchjd_ms"] > 0 for m in methods.values())
+    # each pair computes the same method (PCGrad's random orders differ between the libraries)
+    assert all(m["cosine"] > 0.999 for name, m in methods.items() if name != "pcgrad")
 
 
 def test_jacobian_benchmark_runs(tmp_path):
