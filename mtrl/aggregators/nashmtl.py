@@ -31,7 +31,7 @@ from mtrl.aggregators import register
 from mtrl.aggregators.base import AggContext, check_int, check_option
 from mtrl.aggregators.fixed_point import FixedPointWeighting
 from mtrl.aggregators.performance import pi_omega
-from mtrl.aggregators.solvers import zero_rows
+from mtrl.aggregators.solvers import STATIONARY_TOL, zero_rows
 
 
 @register
@@ -60,14 +60,16 @@ class NashMTL(FixedPointWeighting):
             return pi_omega(ctx, task_ids)[0].numpy(), 1.0
         return np.ones(len(task_ids)), 1.0
 
-    def solve(self, M: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, dict[str, float]]:
+    def solve(
+        self, M: np.ndarray, ctx: AggContext, task_ids: Tensor, stationary_tol: float = STATIONARY_TOL
+    ) -> tuple[np.ndarray, dict[str, float]]:
         if self.solver == "exact":
-            return super().solve(M, ctx, task_ids)
+            return super().solve(M, ctx, task_ids, stationary_tol)
         previous = self.alpha[task_ids].numpy()
         alpha, iterations = ccp_nash(M, previous if np.all(previous > 0) else None, self.optim_niter)
         ok = alpha is not None and np.all(np.isfinite(alpha))
         if not ok:
-            alpha = previous if np.all(previous > 0) else super().solve(M, ctx, task_ids)[0]
+            alpha = previous if np.all(previous > 0) else super().solve(M, ctx, task_ids, stationary_tol)[0]
         active = alpha > 0
         Ma = M @ alpha
         residual = float(np.max(np.abs(alpha[active] * Ma[active] - 1.0))) if active.any() else 0.0
