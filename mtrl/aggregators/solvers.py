@@ -48,7 +48,7 @@ def gram(G: Tensor) -> np.ndarray:
 
     Raises ``ValueError`` if G holds NaN or Inf (seen on the diagonal, the squared row norms)."""
     M = (G @ G.T).to(device="cpu", dtype=torch.float64).numpy()
-    if not np.all(np.isfinite(np.diag(M))):
+    if not np.isfinite(M.diagonal()).all():
         raise_if_non_finite(G)
     return M
 
@@ -258,7 +258,7 @@ def _affine_min_norm(bordered: np.ndarray, S: np.ndarray) -> np.ndarray | None:
     rhs = np.zeros(len(index))
     rhs[0] = 1.0
     z = solve_small(bordered.take(index, 0).take(index, 1), rhs)
-    if z is None or not np.abs(z).max() <= 1e8:  # (nearly) affinely dependent rows
+    if z is None or not abs(z).max() <= 1e8:  # (nearly) affinely dependent rows
         return None
     return z[1:]
 
@@ -287,7 +287,7 @@ def min_norm_simplex(M: np.ndarray, tol: float = 1e-12, max_iter: int | None = N
     of M (``gram_tolerance``). All zero rows (or M = 0) give uniform weights and d = 0.
     """
     K = M.shape[0]
-    scale = float(np.max(np.diag(M))) if K else 0.0
+    scale = float(M.diagonal().max()) if K else 0.0
     if K == 1 or not scale > 0.0:
         return MinNormResult(np.full(K, 1.0 / K), 0, 0.0, not scale > 0.0)
     eps = tol * scale
@@ -302,17 +302,17 @@ def min_norm_simplex(M: np.ndarray, tol: float = 1e-12, max_iter: int | None = N
         u = _affine_min_norm(bordered, S)
         iterations += 1
         if u is None:
-            j = int(np.argmin(np.diag(M)))  # affinely dependent rows: Wolfe's start instead
+            j = int(M.diagonal().argmin())  # affinely dependent rows: Wolfe's start instead
             S, w[j] = np.array([j]), 1.0
             break
-        if np.all(u > 0.0):
+        if u.min() > 0.0:
             w[S] = u
             break
         S = S[u > 0.0]  # at least one weight is positive: they sum to 1
     Mw = M @ w
     norm2 = float(w @ Mw)
     while iterations < max_iter and norm2 > eps:
-        j = int(np.argmin(Mw))
+        j = int(Mw.argmin())
         if Mw[j] >= norm2 - eps or w[j] > 0.0:  # KKT holds (j in the support: numerical limit)
             break
         S = np.append(S, j)
@@ -322,7 +322,7 @@ def min_norm_simplex(M: np.ndarray, tol: float = 1e-12, max_iter: int | None = N
             if u is None:
                 S = S[:-1] if S[-1] == j else S
                 break
-            if np.all(u > 0.0):
+            if u.min() > 0.0:
                 w[:] = 0.0
                 w[S] = u
                 break
