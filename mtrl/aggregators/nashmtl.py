@@ -19,7 +19,10 @@ Options: ``update_every=T`` recomputes the weights every T calls and reuses them
 ``pi=True`` (PI-Nash-MTL [PV §4.4]: bargaining powers omega from ``ctx.perf``).
 Fallbacks (spec §2.1.7): zero rows get weight 0; if no positive solution exists (0 in the
 convex hull of the gradients) the previous weights are reused, else equal weights on
-normalised gradients, and ``info["fallback_used"] = 1``.
+normalised gradients (then ``||d|| <= 1``), and ``info["fallback_used"] = 1``. The solver sees
+such a Pareto-stationary G after 5 Newton iterations (a min-norm probe on the unit gradients,
+``info["stationary"] = 1``) and stops at the rounding floor of nearly opposite gradients, so a
+fallback costs about as much as a solve (``solvers.positive_fixed_point``).
 """
 
 from __future__ import annotations
