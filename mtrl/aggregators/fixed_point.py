@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_gradient_matrix, check_int, check_positive_or_none, combine
-from mtrl.aggregators.solvers import gram, positive_fixed_point
+from mtrl.aggregators.solvers import STATIONARY_TOL, gram, gram_tolerance, positive_fixed_point
 
 
 class FixedPointWeighting(Aggregator):
@@ -52,13 +52,18 @@ class FixedPointWeighting(Aggregator):
         return weights * len(weights) if self.scale_by_K else weights
 
     # ---- one aggregation -----------------------------------------------------------------------
-    def solve(self, M: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, dict[str, float]]:
-        """Weights for the rows of M, with fallbacks; does not touch the state."""
+    def solve(
+        self, M: np.ndarray, ctx: AggContext, task_ids: Tensor, stationary_tol: float = STATIONARY_TOL
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Weights for the rows of M, with fallbacks; does not touch the state. ``stationary_tol``:
+        the rounding level of M (``gram_tolerance`` of G's dtype), below which 0 counts as in the
+        convex hull of the rows and the solver stops early (``info["stationary"] = 1``)."""
         c, q = self.coefficients(ctx, task_ids)
         previous = self.alpha[task_ids].numpy()
         warm = previous if self.warm_start and np.all(previous > 0) else None
-        result = positive_fixed_point(M, c, q, alpha0=warm)
-        info = {"iterations": float(result.iterations), "residual": result.residual, "fallback_used": 0.0}
+        result = positive_fixed_point(M, c, q, alpha0=warm, stationary_tol=stationary_tol)
+        info = {"iterations": float(result.iterations), "residual": result.residual, "fallback_used": 0.0,
+                "stationary": float(result.stationary)}
         alpha = result.alpha
         if not result.ok:
             info["fallback_used"] = 1.0
@@ -78,13 +83,15 @@ class FixedPointWeighting(Aggregator):
             info = {"reused": 1.0}
         else:
             M = gram(G)
-            alpha, info = self.solve_and_store(M, ctx, task_ids)
+            alpha, info = self.solve_and_store(M, ctx, task_ids, gram_tolerance(G.dtype))
             return self.finish(G, torch.from_numpy(alpha), info, M)
         return self.finish(G, torch.from_numpy(alpha), info)
 
-    def solve_and_store(self, M: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, dict[str, float]]:
+    def solve_and_store(
+        self, M: np.ndarray, ctx: AggContext, task_ids: Tensor, stationary_tol: float = STATIONARY_TOL
+    ) -> tuple[np.ndarray, dict[str, float]]:
         """One weight update: solve, keep the weights unless they came from a fallback, count the call."""
-        alpha, info = self.solve(M, ctx, task_ids)
+        alpha, info = self.solve(M, ctx, task_ids, stationary_tol)
         if info["fallback_used"] == 0.0:
             self.alpha[task_ids] = torch.from_numpy(alpha)
         self.step += 1
