@@ -54,10 +54,13 @@ def run_updates(agent: MTSAC, method: str, steps: int, diagnostics_at: int | Non
 
 
 # ---- syncs and ops ------------------------------------------------------------------------------
-@pytest.mark.parametrize("method, gram_transfers", [("ls", 0), ("nashmtl", 2), ("cagrad", 2), ("cagrad_fast", 2)])
-def test_an_update_reads_nothing_from_the_device_but_the_gram_matrices(method, gram_transfers):
+@pytest.mark.parametrize(
+    "method, options, gram_transfers",
+    [("ls", {}, 0), ("nashmtl", {}, 2), ("cagrad", {}, 2), ("cagrad_fast", {"num_sampled": 1}, 2), ("pcgrad", {}, 2)],
+)
+def test_an_update_reads_nothing_from_the_device_but_the_gram_matrices(method, options, gram_transfers):
     agent = make_agent()
-    critic, actor = make(method, K), make(method, K)
+    critic, actor = make(method, K, **options), make(method, K, **options)
     gens = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
 
     def step(i: int) -> None:
