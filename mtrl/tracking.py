@@ -15,6 +15,7 @@ the same W&B run.
 from __future__ import annotations
 
 import math
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ class WandbLogger:
         self.task_names = list(metrics.task_names)
         run_dir = Path(run_dir)
         id_file = run_dir / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)  # W&B ids: [a-z0-9]
         id_file.write_text(run_id + "\n")
         options = cfg.train.wandb
         self.run = wandb.init(
