@@ -1,5 +1,5 @@
 """Run outputs (DESIGN §7): ``metrics.jsonl``, ``eval.csv``, ``status.json``, optional TensorBoard,
-and a one-line progress display.
+and a progress bar (tqdm).
 
 Both metric files are append-only; their byte sizes are recorded in every checkpoint so that a
 resumed run truncates them back to the checkpoint and never holds duplicate or lost rows.
@@ -11,7 +11,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -176,27 +175,31 @@ def truncate_metric_files(run_dir: Path, offsets: dict[str, int]) -> None:
 
 
 class ProgressLine:
-    """A one-line progress display on stderr: step, steps/s, last evaluation success."""
+    """A tqdm progress bar on stderr: step of total, steps/s, ETA and the last evaluation's mean
+    success. Off when the stream is not a terminal (logs of sweeps and SLURM jobs stay clean)."""
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, every_s: float = 1.0) -> None:
-        self.total, self.enabled, self.every_s = total, enabled and sys.stderr.isatty(), every_s
-        self._t0, self._s0, self._last = time.perf_counter(), start, 0.0
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, every_s: float = 1.0, file: TextIO | None = None) -> None:
+        from tqdm import tqdm
+
+        stream = sys.stderr if file is None else file
+        self.enabled = enabled and stream.isatty()
+        self._bar = tqdm(
+            total=total, initial=start, unit="steps", file=stream, disable=not self.enabled, mininterval=every_s,
+            dynamic_ncols=True, smoothing=0.05,
+        )
+        self._shown = ""
         self.last_success: float | None = None
 
     def update(self, step: int, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (not force and now - self._last < self.every_s):
+        if not self.enabled:
             return
-        self._last = now
-        rate = (step - self._s0) / max(now - self._t0, 1e-9)
-        success = "n/a" if self.last_success is None else f"{self.last_success:.2f}"
-        width = 30
-        filled = int(width * step / max(self.total, 1))
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(f"\r[{bar}] {step}/{self.total} {rate:7.1f} steps/s  success {success}   ")
-        sys.stderr.flush()
+        shown = "success n/a" if self.last_success is None else f"success {self.last_success:.2f}"
+        if shown != self._shown:
+            self._shown = shown
+            self._bar.set_postfix_str(shown, refresh=False)
+        self._bar.update(step - self._bar.n)  # tqdm redraws at most every `every_s` seconds
+        if force:
+            self._bar.refresh()
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        self._bar.close()

@@ -30,12 +30,14 @@ from mtrl import checkpoint as ckpt
 from mtrl.aggregators import Aggregator, make
 from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
 from mtrl.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
-from mtrl.evaluate import evaluate
+from mtrl.evaluate import EvalResult, evaluate
 from mtrl.jacobian import configure_allocator
 from mtrl.metrics import MetricsLogger, ProgressLine, read_metrics, read_status, truncate_metric_files, write_status
 from mtrl.replay import Batch, MultiTaskReplay
+from mtrl.tracking import open_logger
+from mtrl.video import TrainingVideos
 
-__all__ = ["RunResult", "resolve_device", "train", "MEANING_KEYS"]
+__all__ = ["RunResult", "checkpoint_policy", "evaluate_run", "resolve_device", "train", "MEANING_KEYS"]
 
 #: Config keys that define what a run *is*; resuming with other values is refused unless forced.
 MEANING_KEYS = (
@@ -298,9 +300,10 @@ def train(
         skipped = {key: torch.tensor(float(n), device=device) for key, n in state["skipped"].items()}
         perf = state.get("perf")
         last_success = state.get("last_success")
+    videos = TrainingVideos(cfg, env.task_names, run_dir)  # train.video_every; checks rendering works
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config or env error leaves no directory behind
     save_config(cfg, run_dir / "config.yaml")
-    logger = MetricsLogger(run_dir, env.task_names, tensorboard=tcfg.tensorboard)
+    logger = open_logger(MetricsLogger(run_dir, env.task_names, tensorboard=tcfg.tensorboard), cfg, run_dir)  # + W&B
     progress = ProgressLine(tcfg.total_steps, start_step, enabled=tcfg.progress)
     progress.last_success = last_success
     write_status(run_dir, "running", start_step, tcfg.total_steps)
@@ -356,6 +359,7 @@ def train(
                 extra[f"{key}/omega"] = [float(w) for w in omega]
                 extra[f"{key}/tau"] = tau
         logger.log(step, extra)
+        videos.maybe_record(step, policy, logger)
 
     # ---- the loop --------------------------------------------------------------------------
     stop = _StopFlag()
@@ -434,6 +438,7 @@ def train(
                     break
         except BaseException:
             progress.close()
+            videos.close()
             logger.close()
             write_status(run_dir, "failed", step, tcfg.total_steps)
             raise
@@ -442,6 +447,7 @@ def train(
     path = save(step)
     progress.update(step, force=True)
     progress.close()
+    videos.close()
     logger.close()
     if envs is None:
         env.close()
@@ -459,19 +465,26 @@ def train(
     return RunResult(run_dir, step, interrupted, last_success)
 
 
-def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto") -> list[float]:
-    """Evaluate the newest valid checkpoint of ``run_dir``; print and return per-task success."""
-    state, path = ckpt.load_latest(run_dir)
+def checkpoint_policy(state: dict[str, Any], obs_dim: int, action_dim: int, num_tasks: int, device: str) -> Any:
+    """The deterministic policy of a loaded checkpoint: observations [K, obs_dim] -> actions [K, A] (numpy)."""
     cfg = config_from_dict(state["config"])
     torch_device = resolve_device(device)
-    env = make_env(cfg, cfg.seed + 20_000, evaluation=True)
-    agent = MTSAC(env.obs_dim, env.action_dim, env.num_tasks, cfg.agent, device=torch_device)
+    agent = MTSAC(obs_dim, action_dim, num_tasks, cfg.agent, device=torch_device)
     agent.load_training_state(state["agent"])
 
     def policy(o: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return agent.act(torch.as_tensor(o, device=torch_device), deterministic=True).cpu().numpy()
 
+    return policy
+
+
+def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto") -> EvalResult:
+    """Evaluate the newest valid checkpoint of ``run_dir``; print per-task success and return the result."""
+    state, path = ckpt.load_latest(run_dir)
+    cfg = config_from_dict(state["config"])
+    env = make_env(cfg, cfg.seed + 20_000, evaluation=True)
+    policy = checkpoint_policy(state, env.obs_dim, env.action_dim, env.num_tasks, device)
     result = evaluate(policy, env, episodes)
     env.close()
     rates = [float(x) for x in result.success_rate]
@@ -479,4 +492,4 @@ def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto") -> lis
     for name, rate in zip(env.task_names, rates):
         print(f"  {name:32s} {rate:.3f}")
     print(f"  {'mean':32s} {float(np.mean(rates)):.3f}")
-    return rates
+    return result
