@@ -39,14 +39,13 @@ def straight(tmp_path_factory):
 def test_failed_checkpoint_write_keeps_the_run_consistent_and_resumable(straight, tmp_path):
     calls = {"n": 0}
 
-    def flaky_writer(path: Path, payload: bytes) -> None:
+    def flaky_writer(path: Path, save) -> None:
         calls["n"] += 1
-        if calls["n"] == 3:
-            with open(path, "wb") as handle:
-                handle.write(payload[:100])
-            raise OSError(28, "No space left on device")
         with open(path, "wb") as handle:
-            handle.write(payload)
+            save(handle)
+            if calls["n"] == 3:
+                handle.truncate(100)
+                raise OSError(28, "No space left on device")
 
     with pytest.raises(CheckpointError, match="No space left on device"):
         train(cfg(), tmp_path, checkpoint_writer=flaky_writer)
@@ -60,9 +59,9 @@ def test_failed_checkpoint_write_keeps_the_run_consistent_and_resumable(straight
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(straight, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        def stop_after_three(path: Path, payload: bytes) -> None:
+        def stop_after_three(path: Path, save) -> None:
             with open(path, "wb") as handle:
-                handle.write(payload)
+                save(handle)
             if len(list_checkpoints(tmp_path)) == 2:
                 raise KeyboardInterrupt
         train(cfg(), tmp_path, checkpoint_writer=stop_after_three)
