@@ -91,8 +91,13 @@ def differing_meaning_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str
     return [k for k in MEANING_KEYS if a.get(k) != b.get(k)]
 
 
+#: Signals that stop a run with a checkpoint. SIGUSR2 is the time-limit signal submitit asks
+#: SLURM for (``--signal=USR2@...``), which reaches every process of the job (mtrl/sweep.py).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2") if hasattr(signal, name))
+
+
 class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and exits."""
+    """A stop signal sets a flag; the loop finishes its step, checkpoints and exits."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -105,7 +110,7 @@ class _StopFlag:
 def _signals(flag: _StopFlag) -> Iterator[None]:
     previous = {}
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             previous[sig] = signal.signal(sig, flag)
     except ValueError:  # not the main thread: no handlers, signals keep their default action
         previous = {}

@@ -126,6 +126,23 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_cleanly(straight, tmp_p
     assert len(rows) == len(set(rows)) == len((straight / "eval.csv").read_text().splitlines())
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
+def test_the_slurm_time_limit_signal_stops_with_a_checkpoint_like_sigterm(straight, tmp_path):
+    """SIGUSR2 (submitit's time-limit signal, which SLURM sends to every process of the job) must
+    end in a checkpoint, not in its default action of killing the trainer."""
+    def signal_during_first_checkpoint(path: Path, save) -> None:
+        with open(path, "wb") as handle:
+            save(handle)
+        if not list_checkpoints(tmp_path):
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    result = train(cfg(), tmp_path, checkpoint_writer=signal_during_first_checkpoint)
+    assert result.interrupted and result.steps_done == 100
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "interrupted"
+    train(cfg(), tmp_path, resume="auto")
+    assert (tmp_path / "eval.csv").read_text() == (straight / "eval.csv").read_text()
+
+
 def test_read_only_run_directory_is_a_clear_error(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root ignores directory permissions")
