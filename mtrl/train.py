@@ -302,6 +302,7 @@ def train(
         skipped = dict(state["skipped"])
         perf = state.get("perf")
         last_success = state.get("last_success")
+        state = None  # restored: free the loaded checkpoint (its replay alone is 0.34 GB on MT10)
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config or env error leaves no directory behind
     save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, env.task_names, tensorboard=tcfg.tensorboard)
