@@ -234,6 +234,8 @@ class TrainJob:
             if process.returncode is None:  # no checkpoint in time: the last periodic one stands
                 self._log(f"the trainer did not stop within {self.stop_timeout_s:.0f} s: killed it")
                 process.kill()
+            elif process.returncode != 143:  # e.g. -15: signalled before its loop began, nothing saved
+                self._log(f"the trainer exited with status {process.returncode} (143 = stopped with a checkpoint)")
         return DelayedSubmission(TrainJob(self.command, self.run_dir, self.threads, self.stop_timeout_s))
 
 

@@ -139,8 +139,9 @@ def test_run_longer_than_its_time_limit_requeues_itself_and_ends_like_an_uninter
     wall, steps = _run_and_step_seconds(reference)
     delay = 20  # the trainer gets this long to stop; it needs one step and a checkpoint
     for attempt in range(3):
-        # SIGUSR2 once the start-up (imports, env build: wall - steps) and 60% of the steps are done
-        limit_min = (round(wall - 0.4 * steps) + delay) / 60
+        # SIGUSR2 once the start-up (imports, env build: wall - steps) and 70% of the steps are done:
+        # a second job, which starts up again, can then finish the run
+        limit_min = (round(wall - 0.3 * steps) + delay) / 60
         out = tmp_path / f"requeued{attempt}"
         command = [*cmd, "--out", str(out), "--executor", "submitit-local", "--time", str(limit_min),
                    "--signal-delay", str(delay), "--max-requeues", "5"]
