@@ -1,10 +1,11 @@
 """Atomic checkpoints and their discovery (DESIGN §6).
 
 A checkpoint is one ``torch.save`` file ``checkpoints/step_<N>.pt`` holding only tensors and plain
-Python containers, so it loads with ``weights_only=True``. It is written to a temp file in the same
-directory, flushed, fsynced, then ``os.replace``d over its final name, and the directory entry is
-fsynced too: a SIGKILL or a full disk at any moment leaves either the old set of checkpoints or the
-old set plus one complete new file, never a torn one under a final name.
+Python containers, so it loads with ``weights_only=True``. ``torch.save`` streams it straight into a
+temp file in the same directory (no serialised copy in memory: with a full replay buffer that copy
+was as large as the buffer), which is flushed, fsynced, then ``os.replace``d over its final name,
+and the directory entry is fsynced too: a SIGKILL or a full disk at any moment leaves either the old
+set of checkpoints or the old set plus one complete new file, never a torn one under a final name.
 
 Loading tries the newest checkpoint first; a truncated or corrupt file gives a warning naming it and
 the loader falls back to the previous one.
@@ -12,12 +13,11 @@ the loader falls back to the previous one.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -59,9 +59,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _default_writer(path: Path, payload: bytes) -> None:
+#: ``writer(path, save)`` writes the temp file ``path`` by calling ``save(handle)`` on a binary handle.
+Writer = Callable[[Path, Callable[[BinaryIO], None]], None]
+
+
+def _default_writer(path: Path, save: Callable[[BinaryIO], None]) -> None:
     with open(path, "wb") as handle:
-        handle.write(payload)
+        save(handle)
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -71,11 +75,12 @@ def save_checkpoint(
     step: int,
     state: dict[str, Any],
     keep: int = 2,
-    writer: Callable[[Path, bytes], None] | None = None,
+    writer: Writer | None = None,
 ) -> Path:
     """Write ``state`` atomically as ``checkpoints/step_<step>.pt`` and keep the newest ``keep``.
 
-    ``writer(path, payload)`` writes the bytes of the temp file (tests inject a failing one). On any
+    ``writer(path, save)`` writes the temp file: it opens ``path``, calls ``save(handle)`` (which
+    streams ``torch.save`` into the handle), flushes and fsyncs (tests inject a failing one). On any
     error the temp file is removed, the existing checkpoints are untouched, and ``CheckpointError``
     is raised.
     """
@@ -83,10 +88,9 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step_{int(step):09d}.pt"
     tmp = folder / f".step_{int(step):09d}.pt.tmp"
-    buffer = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
+    payload = {"format_version": FORMAT_VERSION, **state}
     try:
-        (writer or _default_writer)(tmp, buffer.getvalue())
+        (writer or _default_writer)(tmp, lambda handle: torch.save(payload, handle))
         os.replace(tmp, final)
         _fsync_dir(folder)
     except BaseException as err:

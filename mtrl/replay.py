@@ -1,7 +1,9 @@
 """Per-task replay buffer on the training device (DESIGN §2).
 
-Storage is one tensor per field shaped [K, capacity, ...]; every step adds one transition per
-task, so all K ring buffers advance together. Sampling is even over tasks: each call draws
+Storage is one tensor per field shaped [capacity, K, ...] (slot-major): every step adds one
+transition per task, so all K ring buffers advance together, each add writes one contiguous row,
+and the filled slots are always one contiguous prefix, which a checkpoint writes without copying
+it (``state_dict``). Sampling is even over tasks: each call draws
 ``B`` indices per task, giving a ``Batch`` whose fields are [K, B, ...], with no Python loop over
 samples or tasks. Indices come from the buffer's own CPU ``torch.Generator`` (then moved to the
 device), so sampling is identical on CPU and CUDA and its state is part of ``state_dict``.
@@ -71,7 +73,7 @@ class MultiTaskReplay:
         ) if holdout_every else torch.zeros(0, dtype=torch.long)
         self.num_tasks, self.capacity = num_tasks, capacity_per_task
         self.device = torch.device(device)
-        shape = (num_tasks, capacity_per_task)
+        shape = (capacity_per_task, num_tasks)  # slot-major, see the module docstring
         self._data = {
             "obs": torch.zeros(*shape, obs_dim, device=self.device),
             "action": torch.zeros(*shape, action_dim, device=self.device),
@@ -92,7 +94,7 @@ class MultiTaskReplay:
         for name, value in values.items():
             if isinstance(value, np.ndarray):
                 value = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-            self._data[name][:, self.position] = value.to(self.device, torch.float32)
+            self._data[name][self.position] = value.to(self.device, torch.float32)
         self.position = (self.position + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
@@ -107,7 +109,7 @@ class MultiTaskReplay:
             index[self.holdout_tasks] = r + r // (self.holdout_every - 1)  # skip the held-out slots
         index = index.to(self.device)  # [K, B]
         rows = torch.arange(self.num_tasks, device=self.device)[:, None]
-        return Batch(**{name: self._data[name][rows, index] for name in _FIELDS})
+        return Batch(**{name: self._data[name][index, rows] for name in _FIELDS})
 
     def holdout_size(self) -> int:
         """Held-out transitions per hold-out task."""
@@ -121,12 +123,18 @@ class MultiTaskReplay:
         j = torch.randint(n, (len(self.holdout_tasks), batch_per_task), generator=self.generator)
         index = (j * self.holdout_every + self.holdout_every - 1).to(self.device)
         rows = self.holdout_tasks.to(self.device)[:, None]
-        return Batch(**{name: self._data[name][rows, index] for name in _FIELDS})
+        return Batch(**{name: self._data[name][index, rows] for name in _FIELDS})
 
     def state_dict(self) -> dict:
-        """The filled part of the storage, the write position and the sampling generator."""
+        """The filled part of the storage (each field [K, size, ...]), the write position and the
+        sampling generator.
+
+        On CPU the field tensors share memory with the live storage (no copy: a full 1M-transition
+        buffer would otherwise double its memory at every checkpoint), so serialise the state
+        before the next ``add``. On another device they are one copy of the filled part on the CPU.
+        """
         return {
-            **{name: self._data[name][:, : self.size].cpu().clone() for name in _FIELDS},
+            **{name: _filled_prefix(self._data[name], self.size).transpose(0, 1) for name in _FIELDS},
             "position": self.position,
             "size": self.size,
             "capacity": self.capacity,
@@ -150,6 +158,17 @@ class MultiTaskReplay:
                 f"with the same train.replay_capacity"
             )
         for name in _FIELDS:
-            self._data[name][:, :size] = state[name].to(self.device)
+            self._data[name][:size] = state[name].transpose(0, 1).to(self.device)
         self.position, self.size = position, size
         self.generator.set_state(state["generator"])
+
+
+def _filled_prefix(storage: Tensor, size: int) -> Tensor:
+    """``storage[:size]`` ([size, K, ...]) as a CPU tensor whose own storage holds exactly those
+    rows. ``torch.save`` writes the whole storage of a view, so a plain slice of a partly filled
+    buffer would write its empty slots too; on CPU the result aliases the buffer's memory."""
+    if storage.device.type != "cpu":
+        return storage[:size].cpu()  # the one device-to-host copy, of the filled rows only
+    if size == storage.shape[0]:
+        return storage
+    return torch.from_numpy(storage.numpy()[:size])  # a new storage over the contiguous prefix

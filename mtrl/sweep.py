@@ -1,4 +1,4 @@
-"""Run methods x seeds: ``mtrl sweep SWEEP.yaml [--jobs N] [--executor local|slurm] [--dry-run]``.
+"""Run methods x seeds: ``mtrl sweep SWEEP.yaml [--jobs N] [--executor local|slurm|submitit-local] [--dry-run]``.
 
 A sweep file::
 
@@ -14,8 +14,18 @@ Every run is ``mtrl train BASE --seed N --run-dir DIR --resume auto --set ...`` 
 process, logging to ``DIR/train.log``; ``DIR/sweep.json`` records the method label for
 ``mtrl report``. Re-running a sweep skips finished runs (``status.json``) and resumes unfinished
 ones from their checkpoints. A failing run is reported with its log and does not stop the others;
-the exit status is 1 if any run failed. ``--executor slurm`` submits each run as a SLURM job
-through submitit (``pip install -e '.[slurm]'``).
+the exit status is 1 if any run failed.
+
+``--executor slurm`` submits the unfinished runs as one SLURM job array through submitit
+(``pip install -e '.[slurm]'``), at most ``--array-parallelism`` at a time. Each array task is a
+``TrainJob``, submitit's Checkpointable protocol: ``--signal-delay`` seconds before the time limit
+SLURM sends SIGUSR2; submitit calls ``TrainJob.checkpoint()``, which forwards SIGTERM to the
+trainer, waits until it has written its checkpoint and exited, and returns a new submission of the
+same run; submitit requeues the array task, which starts ``mtrl train ... --resume auto`` again.
+After ``--max-requeues`` time-limit requeues of one run, the next time limit fails it (its
+checkpoint stays; re-running the sweep resumes it); preemptions are not counted. ``--executor
+submitit-local`` runs the same jobs on this machine through submitit's LocalExecutor, with real
+time limits and requeues (every job at once; for trying a small sweep before a cluster).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -30,13 +41,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from mtrl.config import ConfigError, apply_overrides, config_from_dict
 from mtrl.metrics import read_status
 
-__all__ = ["RunSpec", "Sweep", "load_sweep", "main"]
+__all__ = ["RunSpec", "Sweep", "TrainJob", "load_sweep", "main"]
 
 _SWEEP_KEYS = ("name", "base", "seeds", "methods", "set", "out")
 
@@ -168,46 +180,176 @@ def run_local(sweep: Sweep, jobs: int, device: str | None = None) -> list[RunSpe
     return failed
 
 
-def run_slurm(sweep: Sweep, args: argparse.Namespace) -> list[RunSpec]:
-    """Submit every unfinished run as a SLURM job through submitit and wait for them."""
+class TrainJob:
+    """One run of a sweep as a submitit job that survives its time limit.
+
+    A submitit Checkpointable (the protocol is a ``checkpoint`` method, so this module imports
+    submitit only where it needs it): ``__call__`` runs ``mtrl train ... --resume auto`` as a child
+    process, appending to the run's ``train.log``. When the job receives its time-limit or
+    preemption signal, submitit calls ``checkpoint()`` in the job's main thread; it forwards
+    SIGTERM to the trainer, which finishes its step, writes its checkpoint and exits, and returns a
+    submission of a fresh ``TrainJob`` for the same run, which submitit requeues. The trainer also
+    stops cleanly when the signal (SIGUSR2) reaches it directly, as it does under SLURM.
+    """
+
+    def __init__(self, command: list[str], run_dir: Path, threads: int, stop_timeout_s: float) -> None:
+        self.command = list(command)
+        self.run_dir = Path(run_dir)
+        self.threads = int(threads)
+        self.stop_timeout_s = float(stop_timeout_s)
+        self._process: subprocess.Popen | None = None
+
+    def _log(self, message: str) -> None:
+        with open(self.run_dir / "train.log", "a") as log:
+            log.write(f"[sweep] {message}\n")
+
+    def __call__(self) -> str:
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        with open(self.run_dir / "train.log", "a") as log:
+            self._process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # Only a watcher thread waits on the child, so checkpoint(), which runs as a signal handler
+        # in this thread, never contends for the lock of a Popen.wait() it interrupted.
+        threading.Thread(target=self._process.wait, daemon=True).start()
+        while self._process.returncode is None:
+            time.sleep(0.5)
+        code = self._process.returncode
+        if code == 143:  # the trainer's "stopped by a signal, checkpoint written"
+            raise RuntimeError(
+                f"mtrl train for {self.run_dir} was stopped by a signal that did not come through submitit's "
+                f"checkpoint (preempted or cancelled?); its checkpoint is kept: re-run the sweep to resume it"
+            )
+        if code != 0:
+            raise RuntimeError(f"mtrl train exited with status {code}; log: {self.run_dir / 'train.log'}")
+        return str(self.run_dir)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Stop the trainer with a checkpoint and return the submission that resumes it."""
+        from submitit.helpers import DelayedSubmission
+
+        process = self._process
+        if process is not None and process.returncode is None:
+            self._log("time limit or preemption signal: stopping the trainer (SIGTERM) for a requeue")
+            process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout_s
+            while process.returncode is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if process.returncode is None:  # no checkpoint in time: the last periodic one stands
+                self._log(f"the trainer did not stop within {self.stop_timeout_s:.0f} s: killed it")
+                process.kill()
+            elif process.returncode != 143:  # e.g. -15: signalled before its loop began, nothing saved
+                self._log(f"the trainer exited with status {process.returncode} (143 = stopped with a checkpoint)")
+        return DelayedSubmission(TrainJob(self.command, self.run_dir, self.threads, self.stop_timeout_s))
+
+
+def _slurm_parameters(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """SLURM parameters of the sweep's job array, checked (see submitit's SlurmExecutor)."""
+    if args.time != int(args.time):
+        raise ValueError(f"SLURM time limits are whole minutes, got --time {args.time}")
+    parameters: dict[str, Any] = {
+        "job_name": f"mtrl-{name}",
+        "time": int(args.time),
+        "partition": args.partition,
+        "gpus_per_node": args.gpus or None,
+        "cpus_per_task": args.cpus,
+        "signal_delay_s": args.signal_delay,
+        "array_parallelism": args.array_parallelism,
+    }
+    for item in args.slurm_param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--slurm-param takes KEY=VALUE (a submitit SlurmExecutor parameter), got {item!r}")
+        parameters[key.strip()] = yaml.safe_load(value)
+    return {k: v for k, v in parameters.items() if v is not None}
+
+
+def _check_cluster_args(args: argparse.Namespace) -> None:
+    if args.time <= 0:
+        raise ValueError(f"--time must be > 0 minutes, got {args.time}")
+    if args.max_requeues < 0:
+        raise ValueError(f"--max-requeues must be >= 0, got {args.max_requeues}")
+    if args.array_parallelism is not None and args.array_parallelism < 1:
+        raise ValueError(f"--array-parallelism must be >= 1, got {args.array_parallelism}")
+    if not 1 <= args.signal_delay < args.time * 60:
+        raise ValueError(
+            f"--signal-delay must be at least 1 s and shorter than the time limit ({args.time * 60:.0f} s), "
+            f"got {args.signal_delay}"
+        )
+
+
+def run_submitit(sweep: Sweep, args: argparse.Namespace) -> list[RunSpec]:
+    """Submit every unfinished run as one job array of requeueing ``TrainJob`` s (SLURM, or
+    submitit's LocalExecutor for ``--executor submitit-local``) and wait for them."""
     try:
         import submitit
     except ImportError as err:
-        raise ValueError("--executor slurm needs submitit: pip install -e '.[slurm]'") from err
-    executor = submitit.AutoExecutor(folder=str(sweep.out / "slurm"))
-    executor.update_parameters(
-        timeout_min=args.time, slurm_partition=args.partition, gpus_per_node=args.gpus, cpus_per_task=args.cpus,
-    )
+        raise ValueError(f"--executor {args.executor} needs submitit: pip install -e '.[slurm]'") from err
+    _check_cluster_args(args)
+    folder = sweep.out / "slurm"
+    if args.executor == "slurm":
+        parameters = _slurm_parameters(args, sweep.name)
+        try:
+            executor = submitit.SlurmExecutor(folder, max_num_timeout=args.max_requeues)
+        except RuntimeError as err:  # submitit found no srun
+            raise ValueError(
+                f"--executor slurm needs a SLURM cluster ({err}); use --executor local, or submitit-local to try "
+                f"the requeueing jobs on this machine"
+            ) from err
+        executor.update_parameters(**parameters)
+    else:
+        if args.slurm_param:
+            raise ValueError(f"--slurm-param applies to --executor slurm only, got {args.slurm_param!r}")
+        executor = submitit.LocalExecutor(folder, max_num_timeout=args.max_requeues)
+        executor.update_parameters(timeout_min=args.time, signal_delay_s=args.signal_delay, gpus_per_node=args.gpus)
+    # the trainer must stop before the hard kill; keep a few seconds for submitit's requeue
+    stop_timeout_s = max(1.0, args.signal_delay - min(15.0, args.signal_delay / 2))
     pending = [run for run in sweep.runs if not _finished(run)]
-    jobs = []
+    trainers = []
     for run in pending:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "sweep.json").write_text(json.dumps({"sweep": sweep.name, "label": run.label, "seed": run.seed}) + "\n")
-        jobs.append((run, executor.submit(submitit.helpers.CommandFunction(_command(sweep, run, args.device)))))
-    print(f"[sweep] submitted {len(jobs)} job(s), {len(sweep.runs) - len(pending)} already finished", flush=True)
+        trainers.append(TrainJob(_command(sweep, run, args.device), run.run_dir, args.cpus, stop_timeout_s))
+    jobs = executor.submit_array(trainers) if trainers else []
+    ids = sorted({str(job.job_id).split("_")[0] for job in jobs})
+    print(f"[sweep] submitted {len(jobs)} run(s) (job {', '.join(ids) or '-'}; logs in {folder}), "
+          f"{len(sweep.runs) - len(pending)} already finished", flush=True)
     failed = []
-    for run, job in jobs:
+    for run, job in zip(pending, jobs):
         try:
             job.result()
         except Exception as err:  # a failed job is reported, the others go on
             failed.append(run)
-            print(f"[sweep] FAILED {run.label} seed {run.seed}: {err}", flush=True)
+            reason = next((line for line in reversed(str(err).splitlines()) if "Error:" in line), type(err).__name__)
+            print(f"[sweep] FAILED {run.label} seed {run.seed}: {reason.strip()}; log: {run.run_dir / 'train.log'}", flush=True)
     return failed
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtrl sweep", description="Run methods x seeds, resumably.")
     parser.add_argument("sweep", help="sweep YAML file")
     parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: cores // 2, at least 1)")
-    parser.add_argument("--executor", choices=("local", "slurm"), default="local")
+    parser.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                        help="local process pool; SLURM job array; submitit's LocalExecutor (requeues on this machine)")
     parser.add_argument("--out", help="root of the run directories (default: runs/<name>)")
     parser.add_argument("--device", help="device for every run (auto, cpu, cuda)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--partition", help="SLURM partition")
-    parser.add_argument("--time", type=int, default=24 * 60, help="SLURM time limit per run, minutes")
+    parser.add_argument("--time", type=float, default=24 * 60,
+                        help="time limit of one job, minutes (whole minutes on SLURM); a longer run is requeued")
     parser.add_argument("--gpus", type=int, default=0, help="SLURM GPUs per run")
-    parser.add_argument("--cpus", type=int, default=4, help="SLURM CPUs per run")
-    args = parser.parse_args(argv)
+    parser.add_argument("--cpus", type=int, default=4, help="SLURM CPUs per run (and the trainer's torch threads)")
+    parser.add_argument("--max-requeues", type=int, default=10,
+                        help="time-limit requeues per run before it fails (default 10; preemptions do not count)")
+    parser.add_argument("--signal-delay", type=int, default=120,
+                        help="seconds before the time limit when the trainer is told to checkpoint (default 120)")
+    parser.add_argument("--array-parallelism", type=int, default=None,
+                        help="runs of the SLURM job array running at once (default: submitit's, 256)")
+    parser.add_argument("--slurm-param", action="append", metavar="KEY=VALUE",
+                        help="any other submitit SlurmExecutor parameter, e.g. account=abc, qos=high, mem=16GB (repeatable)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     sweep = load_sweep(args.sweep, args.out)
     jobs = args.jobs or max(1, (os.cpu_count() or 1) // 2)
     if args.jobs is not None and args.jobs < 1:
@@ -218,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run.label:20s} seed {run.seed:3d}  {run.run_dir}  [{state}]")
         return 0
     start = time.perf_counter()
-    failed = run_slurm(sweep, args) if args.executor == "slurm" else run_local(sweep, jobs, args.device)
+    failed = run_local(sweep, jobs, args.device) if args.executor == "local" else run_submitit(sweep, args)
     print(f"[sweep] {sweep.name}: {len(sweep.runs) - len(failed)} of {len(sweep.runs)} runs finished "
           f"in {time.perf_counter() - start:.0f} s; report with: mtrl report {sweep.out}")
     return 1 if failed else 0

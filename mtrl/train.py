@@ -93,8 +93,13 @@ def differing_meaning_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str
     return [k for k in MEANING_KEYS if a.get(k) != b.get(k)]
 
 
+#: Signals that stop a run with a checkpoint. SIGUSR2 is the time-limit signal submitit asks
+#: SLURM for (``--signal=USR2@...``), which reaches every process of the job (mtrl/sweep.py).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2") if hasattr(signal, name))
+
+
 class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and exits."""
+    """A stop signal sets a flag; the loop finishes its step, checkpoints and exits."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -107,7 +112,7 @@ class _StopFlag:
 def _signals(flag: _StopFlag) -> Iterator[None]:
     previous = {}
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             previous[sig] = signal.signal(sig, flag)
     except ValueError:  # not the main thread: no handlers, signals keep their default action
         previous = {}
@@ -300,6 +305,7 @@ def train(
         skipped = {key: torch.tensor(float(n), device=device) for key, n in state["skipped"].items()}
         perf = state.get("perf")
         last_success = state.get("last_success")
+        state = None  # restored: free the loaded checkpoint (its replay alone is 0.34 GB on MT10)
     videos = TrainingVideos(cfg, env.task_names, run_dir)  # train.video_every; checks rendering works
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config or env error leaves no directory behind
     save_config(cfg, run_dir / "config.yaml")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -63,9 +65,10 @@ def test_no_valid_checkpoint_is_an_error_that_says_so(tmp_path):
 def test_failing_writer_leaves_previous_checkpoint_intact_and_no_temp_file(tmp_path):
     save_checkpoint(tmp_path, 1, _state(1))
 
-    def full_disk(path, payload):
+    def full_disk(path, save):
         with open(path, "wb") as handle:
-            handle.write(payload[: len(payload) // 3])
+            save(handle)
+            handle.truncate(handle.tell() // 3)
         raise OSError(28, "No space left on device")
 
     with pytest.raises(CheckpointError, match="No space left on device"):
@@ -99,3 +102,21 @@ def test_objects_that_need_unsafe_unpickling_are_refused(tmp_path):
     with pytest.warns(UserWarning, match="step_000000002.pt"):
         state, _ = load_latest(tmp_path)
     assert state["step"] == 1
+
+
+def test_saving_streams_to_the_file_without_a_copy_in_memory(tmp_path):
+    """Peak memory while saving 256 MiB of tensors grows by far less than their size (issue 14:
+    serialising into a BytesIO first added one to two copies of a full replay buffer)."""
+    script = f"""
+import resource, torch
+from mtrl.checkpoint import save_checkpoint
+state = {{"replay": {{"obs": torch.ones(64, 1024, 1024)}}}}  # 256 MiB, pages touched
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+save_checkpoint({str(tmp_path)!r}, 1, state)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) < 64, f"peak RSS grew by {out.stdout.strip()} MiB while saving 256 MiB"
+    assert (tmp_path / "checkpoints" / "step_000000001.pt").stat().st_size > 256 * 2**20

@@ -39,14 +39,13 @@ def straight(tmp_path_factory):
 def test_failed_checkpoint_write_keeps_the_run_consistent_and_resumable(straight, tmp_path):
     calls = {"n": 0}
 
-    def flaky_writer(path: Path, payload: bytes) -> None:
+    def flaky_writer(path: Path, save) -> None:
         calls["n"] += 1
-        if calls["n"] == 3:
-            with open(path, "wb") as handle:
-                handle.write(payload[:100])
-            raise OSError(28, "No space left on device")
         with open(path, "wb") as handle:
-            handle.write(payload)
+            save(handle)
+            if calls["n"] == 3:
+                handle.truncate(100)
+                raise OSError(28, "No space left on device")
 
     with pytest.raises(CheckpointError, match="No space left on device"):
         train(cfg(), tmp_path, checkpoint_writer=flaky_writer)
@@ -60,9 +59,9 @@ def test_failed_checkpoint_write_keeps_the_run_consistent_and_resumable(straight
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(straight, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        def stop_after_three(path: Path, payload: bytes) -> None:
+        def stop_after_three(path: Path, save) -> None:
             with open(path, "wb") as handle:
-                handle.write(payload)
+                save(handle)
             if len(list_checkpoints(tmp_path)) == 2:
                 raise KeyboardInterrupt
         train(cfg(), tmp_path, checkpoint_writer=stop_after_three)
@@ -125,6 +124,23 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_cleanly(straight, tmp_p
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     rows = (run / "eval.csv").read_text().splitlines()
     assert len(rows) == len(set(rows)) == len((straight / "eval.csv").read_text().splitlines())
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
+def test_the_slurm_time_limit_signal_stops_with_a_checkpoint_like_sigterm(straight, tmp_path):
+    """SIGUSR2 (submitit's time-limit signal, which SLURM sends to every process of the job) must
+    end in a checkpoint, not in its default action of killing the trainer."""
+    def signal_during_first_checkpoint(path: Path, save) -> None:
+        with open(path, "wb") as handle:
+            save(handle)
+        if not list_checkpoints(tmp_path):
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    result = train(cfg(), tmp_path, checkpoint_writer=signal_during_first_checkpoint)
+    assert result.interrupted and result.steps_done == 100
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "interrupted"
+    train(cfg(), tmp_path, resume="auto")
+    assert (tmp_path / "eval.csv").read_text() == (straight / "eval.csv").read_text()
 
 
 def test_read_only_run_directory_is_a_clear_error(tmp_path):

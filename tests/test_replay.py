@@ -7,6 +7,7 @@ sampled row tells which task and which add it came from and whether its fields b
 
 from __future__ import annotations
 
+import io
 import numpy as np
 import pytest
 import torch
@@ -203,6 +204,37 @@ def test_state_round_trip_gives_identical_samples_and_writes(adds):
     add_range(copy, adds, adds + 11)
     for _ in range(3):
         assert torch.equal(replay.sample(32).reward, copy.sample(32).reward)
+
+
+@pytest.mark.parametrize("adds", [5, 23])
+def test_state_in_the_earlier_contiguous_layout_loads_the_same(adds):
+    """Checkpoints written before the slot-major storage hold contiguous [K, size, ...] fields."""
+    replay = MultiTaskReplay(K, 16, OBS_DIM, ACT_DIM, seed=6)
+    add_range(replay, 0, adds)
+    state = {k: v.contiguous().clone() if isinstance(v, torch.Tensor) else v for k, v in replay.state_dict().items()}
+    copy = MultiTaskReplay(K, 16, OBS_DIM, ACT_DIM, seed=60)
+    copy.load_state_dict(through_torch_save(state))
+    for _ in range(3):
+        x, y = replay.sample(32), copy.sample(32)
+        assert all(torch.equal(getattr(x, f), getattr(y, f)) for f in ("obs", "action", "reward", "next_obs", "done"))
+
+
+def test_state_holds_the_filled_slots_only_and_no_copy_of_them():
+    """A checkpoint of a partly filled buffer is as large as one of a buffer of exactly that size,
+    and the state shares the buffer's memory instead of cloning it (issue 14: the clone doubled the
+    memory of a full 1M-transition buffer at every checkpoint)."""
+    sizes = {}
+    for capacity in (10, 1000):
+        replay = MultiTaskReplay(K, capacity, OBS_DIM, ACT_DIM, seed=0)
+        add_range(replay, 0, 10)
+        state = replay.state_dict()
+        for name in ("obs", "action", "reward", "next_obs", "done"):
+            assert state[name].shape[:2] == (K, 10)
+            assert state[name].untyped_storage().data_ptr() == replay._data[name].untyped_storage().data_ptr()
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        sizes[capacity] = len(buffer.getvalue())
+    assert abs(sizes[1000] - sizes[10]) < 64, sizes  # the same tensors; only the capacity's digits differ
 
 
 def test_state_of_another_task_count_is_refused():

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtrl.checkpoint import list_checkpoints
+from mtrl.checkpoint import list_checkpoints, load_latest
 from mtrl.report import report
 from mtrl.sweep import load_sweep, main
-from tests.test_resume import ENV, POINT
+from tests.test_resume import ENV, POINT, _assert_same_tensors
 
 
 def write_sweep(tmp_path: Path, methods: dict, seeds=(0, 1), extra_sets=()) -> Path:
@@ -90,3 +90,75 @@ def test_killed_sweep_resumes_and_a_second_call_does_no_work(tmp_path):
     assert set(stats) == {"ls", "nashmtl"} and all(s.n_seeds == 2 for s in stats.values())
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "skipped (finished) 4" in again.stdout
+
+
+# ---- SLURM through submitit (skipped without the [slurm] extra) -------------------------------
+def test_slurm_job_array_asks_for_the_time_limit_signal_and_checks_its_settings(tmp_path):
+    pytest.importorskip("submitit")
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from mtrl.sweep import _parser, _slurm_parameters
+
+    sweep_path = write_sweep(tmp_path, {"ls": {"aggregator": {"name": "ls"}}})
+    args = _parser().parse_args([str(sweep_path), "--executor", "slurm", "--time", "240", "--signal-delay", "300",
+                                 "--array-parallelism", "2", "--gpus", "1", "--slurm-param", "account=abc"])
+    sbatch = _make_sbatch_string(command="true", folder=tmp_path, map_count=4, **_slurm_parameters(args, "t"))
+    for line in ("--signal=USR2@300", "--array=0-3%2", "--time=240", "--account=abc", "--gpus-per-node=1", "--job-name=mtrl-t"):
+        assert f"#SBATCH {line}\n" in sbatch, line
+    for extra, message in [
+        (["--time", "90.5"], "whole minutes"),
+        (["--slurm-param", "account"], "KEY=VALUE"),
+        (["--max-requeues", "-1"], "--max-requeues must be >= 0"),
+        (["--signal-delay", "99999"], "shorter than the time limit"),
+        (["--array-parallelism", "0"], "--array-parallelism must be >= 1"),
+        ([], "needs a SLURM cluster"),  # this machine has no srun
+    ]:
+        with pytest.raises(ValueError, match=message):
+            main([str(sweep_path), "--executor", "slurm", "--time", "60", *extra])
+
+
+def _run_and_step_seconds(run_dir: Path) -> tuple[float, float]:
+    """(seconds from sweep.json, written just before the run starts, to its end; seconds of its
+    training steps from metrics.jsonl) of a finished run."""
+    wall = (run_dir / "status.json").stat().st_mtime - (run_dir / "sweep.json").stat().st_mtime
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return wall, sum(m.get("time/collect_s", 0) + m.get("time/update_s", 0) for m in lines)
+
+
+def test_run_longer_than_its_time_limit_requeues_itself_and_ends_like_an_uninterrupted_one(tmp_path):
+    """submitit's LocalExecutor gives each job a real time limit: SIGUSR2 `--signal-delay` seconds
+    before it, then a kill. The run needs several such jobs; each stops with a checkpoint, requeues
+    and resumes with --resume auto. Point-3 envs resume exactly at any step, so wherever the
+    interruptions fall the run ends with the uninterrupted run's eval.csv and parameters."""
+    pytest.importorskip("submitit")
+    sweep_path = write_sweep(tmp_path, {"ls": {"aggregator": {"name": "ls"}}}, seeds=(0,), extra_sets=["train.total_steps=800"])
+    cmd = [sys.executable, "-m", "mtrl.cli", "sweep", str(sweep_path), "--cpus", "1"]
+    straight = subprocess.run([*cmd, "--out", str(tmp_path / "straight")], env=ENV, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stdout[-2000:]
+    reference = tmp_path / "straight" / "ls" / "seed0"
+    wall, steps = _run_and_step_seconds(reference)
+    delay = 20  # the trainer gets this long to stop; it needs one step and a checkpoint
+    for attempt in range(3):
+        # SIGUSR2 once the start-up (imports, env build: wall - steps) and 70% of the steps are done:
+        # a second job, which starts up again, can then finish the run
+        limit_min = (round(wall - 0.3 * steps) + delay) / 60
+        out = tmp_path / f"requeued{attempt}"
+        command = [*cmd, "--out", str(out), "--executor", "submitit-local", "--time", str(limit_min),
+                   "--signal-delay", str(delay), "--max-requeues", "5"]
+        for _ in range(3):  # a run may use up its requeues on a loaded machine: re-running the sweep resumes it
+            result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=900)
+            if result.returncode == 0:
+                break
+            assert "timed-out too many times" in result.stdout, result.stdout[-2000:]
+        run = out / "ls" / "seed0"
+        log = (run / "train.log").read_text()
+        assert result.returncode == 0, result.stdout[-2000:] + log[-3000:]
+        if "stopping the trainer (SIGTERM) for a requeue" in log:
+            break
+        wall, steps = _run_and_step_seconds(run)  # the machine got faster: never interrupted, try again
+    else:
+        raise AssertionError(f"three runs were never interrupted (the last limit was {limit_min * 60:.0f} s)")
+    assert "resuming from" in log
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert (run / "eval.csv").read_text() == (reference / "eval.csv").read_text()
+    _assert_same_tensors(load_latest(run)[0]["agent"], load_latest(reference)[0]["agent"])
