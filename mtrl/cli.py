@@ -54,7 +54,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mtrl.train import evaluate_run
 
-    evaluate_run(Path(args.run_dir), episodes=args.episodes, device=args.device)
+    evaluate_run(Path(args.run_dir), episodes=args.episodes, device=args.device, goals=args.goals)
     return 0
 
 
@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--episodes", type=int, default=10, help="episodes per task")
     p.add_argument("--device", default="auto")
+    p.add_argument("--goals", choices=("train", "heldout"), help="goal set (default: the run's env.eval_goals)")
 
     sub.add_parser("sweep", help="run methods x seeds (see `mtrl sweep -h`)", add_help=False)
     sub.add_parser("report", help="tables and figures over run directories (see `mtrl report -h`)", add_help=False)

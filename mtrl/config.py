@@ -45,11 +45,16 @@ class EnvConfig:
         max_episode_steps: episode length (MetaWorld v3: 500).
         eval_terminate_on_success: end evaluation episodes at the first success (MetaWorld's
             own evaluation does this; success is "any step succeeded" either way).
+        eval_goals: goal variations of the evaluation env: "train" (the training env's 50 per
+            task, MetaWorld's protocol; the evaluation env draws which one comes next with its
+            own RNG) or "heldout" (a disjoint set sampled from another seed, for generalisation
+            studies; what evaluation used before this option existed).
     """
 
     benchmark: str = "MT10"
     max_episode_steps: int = 500
     eval_terminate_on_success: bool = True
+    eval_goals: str = "train"
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,7 @@ _POSITIVE_INTS = {
 _NON_NEGATIVE_INTS = {"seed", "train.warmup_steps", "checkpoint.every"}
 _POSITIVE_FLOATS = {"agent.actor_lr", "agent.critic_lr", "agent.alpha_lr", "agent.init_temperature"}
 _CHOICES = {
+    "env.eval_goals": ("train", "heldout"),
     "agent.variant": ("mt", "te", "mh"),
     "aggregator.jacobian": ("auto", "linear", "vmap", "loop"),
 }

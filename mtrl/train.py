@@ -43,6 +43,7 @@ MEANING_KEYS = (
     "main_task",
     "env.benchmark",
     "env.max_episode_steps",
+    "env.eval_goals",
     "agent.variant",
     "agent.hidden_dim",
     "agent.num_layers",
@@ -162,21 +163,30 @@ def _hyper_batches(replay: MultiTaskReplay, batch_per_task: int, validation_task
     return HyperBatches(train=lambda: replay.sample(batch_per_task), val=val, val_tasks=rows)
 
 
-def make_env(cfg: Config, seed: int, evaluation: bool = False) -> MultiTaskEnv:
+def make_env(cfg: Config, seed: int, evaluation: bool = False, goal_seed: int | None = None) -> MultiTaskEnv:
     """One environment of ``cfg.env``: ``Point-<K>`` benchmarks are the synthetic point-mass tasks
-    of ``envs.synthetic``, everything else is MetaWorld. Evaluation envs may end on success."""
-    env_class = PointMassEnv if is_point_benchmark(cfg.env.benchmark) else MultiTaskEnv
-    return env_class(
-        cfg.env.benchmark,
-        seed=seed,
-        max_episode_steps=cfg.env.max_episode_steps,
-        terminate_on_success=evaluation and cfg.env.eval_terminate_on_success,
-    )
+    of ``envs.synthetic``, everything else is MetaWorld.
+    Evaluation envs may end on success; ``goal_seed`` picks the MetaWorld goal set (default ``seed``)."""
+    terminate = evaluation and cfg.env.eval_terminate_on_success
+    if is_point_benchmark(cfg.env.benchmark):
+        return PointMassEnv(cfg.env.benchmark, seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate)
+    options = dict(seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate, goal_seed=goal_seed)
+    return MultiTaskEnv(cfg.env.benchmark, **options)
+
+
+def eval_goal_seed(cfg: Config, goals: str | None = None) -> int:
+    """Seed of the evaluation goal set: the training env's for ``train`` (the default
+    ``env.eval_goals``), a disjoint set (another seed) for ``heldout``."""
+    goals = cfg.env.eval_goals if goals is None else goals
+    if goals not in ("train", "heldout"):
+        raise ConfigError(f"evaluation goals must be one of train, heldout; got {goals!r}")
+    return cfg.seed if goals == "train" else cfg.seed + 10_000
 
 
 def build_envs(cfg: Config) -> tuple[MultiTaskEnv, MultiTaskEnv]:
-    """The training environment and a separately seeded evaluation environment."""
-    return make_env(cfg, cfg.seed), make_env(cfg, cfg.seed + 10_000, evaluation=True)
+    """The training environment and a separately seeded evaluation environment on the goal set
+    ``env.eval_goals`` names."""
+    return make_env(cfg, cfg.seed), make_env(cfg, cfg.seed + 10_000, evaluation=True, goal_seed=eval_goal_seed(cfg))
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool) -> dict[str, Any] | None:
@@ -456,12 +466,16 @@ def train(
     return RunResult(run_dir, step, interrupted, last_success)
 
 
-def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto") -> list[float]:
-    """Evaluate the newest valid checkpoint of ``run_dir``; print and return per-task success."""
+def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto", goals: str | None = None) -> list[float]:
+    """Evaluate the newest valid checkpoint of ``run_dir``; print and return per-task success.
+
+    ``goals``: "train" or "heldout" (as ``env.eval_goals``); default the run's ``env.eval_goals``
+    ("train" for runs written before that key existed: the training goals)."""
     state, path = ckpt.load_latest(run_dir)
     cfg = config_from_dict(state["config"])
     torch_device = resolve_device(device)
-    env = make_env(cfg, cfg.seed + 20_000, evaluation=True)
+    goals = cfg.env.eval_goals if goals is None else goals
+    env = make_env(cfg, cfg.seed + 20_000, evaluation=True, goal_seed=eval_goal_seed(cfg, goals))
     agent = MTSAC(env.obs_dim, env.action_dim, env.num_tasks, cfg.agent, device=torch_device)
     agent.load_training_state(state["agent"])
 
@@ -472,7 +486,7 @@ def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto") -> lis
     result = evaluate(policy, env, episodes)
     env.close()
     rates = [float(x) for x in result.success_rate]
-    print(f"{path} (step {state['step']}), {episodes} episode(s) per task")
+    print(f"{path} (step {state['step']}), {episodes} episode(s) per task, {goals} goals")
     for name, rate in zip(env.task_names, rates):
         print(f"  {name:32s} {rate:.3f}")
     print(f"  {'mean':32s} {float(np.mean(rates)):.3f}")
