@@ -47,7 +47,7 @@ from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
 __all__ = [
     "MultiTaskEnv", "StepResult", "benchmark_task_names", "end_of_step", "task_goal_sets",
-    "rng_state_to_tensor", "rng_state_from_tensor", "concat_states", "split_state", "to_tensors", "from_tensors",
+    "rng_state_to_tensor", "rng_state_from_tensor", "select_tasks", "join_tasks", "to_tensors", "from_tensors",
 ]
 
 MAX_PATH_LENGTH = 500  # MetaWorld v3 refuses to step past this
@@ -201,30 +201,29 @@ def from_tensors(value: Any) -> Any:
     return value
 
 
-def concat_states(parts: Sequence[dict]) -> dict:
-    """Join per-task states of consecutive task ranges (each value has the task as its first
-    dimension: arrays or tensors are concatenated, lists extended)."""
-    out = {}
+def select_tasks(state: dict, tasks: Sequence[int]) -> dict:
+    """The part of a (numpy) state that belongs to ``tasks`` (row indices); every value of a state
+    has the task as its first dimension (arrays) or is a per-task list."""
+    index = np.asarray(tasks, dtype=np.int64)
+    return {key: [value[k] for k in tasks] if isinstance(value, list) else np.asarray(value)[index] for key, value in state.items()}
+
+
+def join_tasks(parts: Sequence[dict], tasks: Sequence[Sequence[int]], num_tasks: int) -> dict:
+    """Inverse of ``select_tasks``: one state of ``num_tasks`` tasks from parts holding the rows
+    ``tasks[i]`` each."""
+    out: dict = {}
     for key, first in parts[0].items():
-        values = [part[key] for part in parts]
         if isinstance(first, list):
-            out[key] = [item for value in values for item in value]
-        elif isinstance(first, np.ndarray):
-            out[key] = np.concatenate(values)
-        else:  # a tensor
-            import torch
-
-            out[key] = torch.cat(values)
+            joined: Any = [None] * num_tasks
+            for part, rows in zip(parts, tasks):
+                for k, item in zip(rows, part[key]):
+                    joined[k] = item
+        else:
+            joined = np.empty((num_tasks, *np.shape(first)[1:]), dtype=np.asarray(first).dtype)
+            for part, rows in zip(parts, tasks):
+                joined[np.asarray(rows, dtype=np.int64)] = part[key]
+        out[key] = joined
     return out
-
-
-def split_state(state: dict, sizes: Sequence[int]) -> list[dict]:
-    """Inverse of ``concat_states``: the states of consecutive task ranges of the given sizes."""
-    parts, start = [], 0
-    for size in sizes:
-        parts.append({key: value[start:start + size] for key, value in state.items()})
-        start += size
-    return parts
 
 
 # ---- MetaWorld's env object ---------------------------------------------------------------------
@@ -314,7 +313,7 @@ class MultiTaskEnv:
         goal_seed: seed of the benchmark's 50 goal variations per task (default ``seed``); an
             evaluation env passes the training env's to evaluate on the training goals.
         tasks: indices (in benchmark order) of the tasks this env runs, default all. Env worker
-            processes run slices; every task is seeded by its benchmark index, so a slice steps
+            processes run subsets; every task is seeded by its benchmark index, so a subset steps
             exactly like those rows of the whole env.
         goal_sets: the goal variations of each task of ``tasks`` (default: sampled from
             ``goal_seed``); worker processes get them from the parent instead of resampling.

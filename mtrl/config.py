@@ -49,12 +49,16 @@ class EnvConfig:
             task, MetaWorld's protocol; the evaluation env draws which one comes next with its
             own RNG) or "heldout" (a disjoint set sampled from another seed, for generalisation
             studies; what evaluation used before this option existed).
+        workers: run the MetaWorld tasks in this many worker processes (tasks split evenly, at
+            most one worker per task; ``envs/workers.py``); 1 steps them in the training process.
+            Any value gives the same trajectories; the evaluation env uses as many.
     """
 
     benchmark: str = "MT10"
     max_episode_steps: int = 500
     eval_terminate_on_success: bool = True
     eval_goals: str = "train"
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,7 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 _POSITIVE_INTS = {
     "env.max_episode_steps",
+    "env.workers",
     "agent.hidden_dim",
     "agent.num_layers",
     "agent.task_embedding_dim",

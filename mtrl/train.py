@@ -26,6 +26,7 @@ import torch
 from agents.mtsac import MTSAC, HyperBatches
 from envs.metaworld import MultiTaskEnv
 from envs.synthetic import PointMassEnv, is_point_benchmark
+from envs.workers import ParallelMultiTaskEnv
 from mtrl import checkpoint as ckpt
 from mtrl.aggregators import Aggregator, make
 from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
@@ -165,12 +166,16 @@ def _hyper_batches(replay: MultiTaskReplay, batch_per_task: int, validation_task
 
 def make_env(cfg: Config, seed: int, evaluation: bool = False, goal_seed: int | None = None) -> MultiTaskEnv:
     """One environment of ``cfg.env``: ``Point-<K>`` benchmarks are the synthetic point-mass tasks
-    of ``envs.synthetic``, everything else is MetaWorld.
+    of ``envs.synthetic``, everything else is MetaWorld (in ``env.workers`` processes when > 1).
     Evaluation envs may end on success; ``goal_seed`` picks the MetaWorld goal set (default ``seed``)."""
     terminate = evaluation and cfg.env.eval_terminate_on_success
     if is_point_benchmark(cfg.env.benchmark):
+        if cfg.env.workers > 1:
+            raise ConfigError(f"env.workers: {cfg.env.workers} needs a MetaWorld benchmark; {cfg.env.benchmark} runs in process (env.workers: 1)")
         return PointMassEnv(cfg.env.benchmark, seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate)
     options = dict(seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate, goal_seed=goal_seed)
+    if cfg.env.workers > 1:
+        return ParallelMultiTaskEnv(cfg.env.benchmark, workers=cfg.env.workers, **options)
     return MultiTaskEnv(cfg.env.benchmark, **options)
 
 
