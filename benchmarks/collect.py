@@ -17,7 +17,7 @@ them) for N and for 16 workers; a real step adds the cost of talking to the work
 Blocks of ``--steps`` steps alternate between the candidates; the median block is reported.
 
     mtrl bench collect [--benchmark MT10] [--steps 200] [--repeats 5] [--json FILE]
-    mtrl bench collect --workers N [--benchmarks MT10 MT50] [--steps 200] [--repeats 5] [--json FILE]
+    mtrl bench collect --workers N [--benchmarks MT10 MT50] [--start-method spawn] [--steps 200] [--repeats 5] [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks.common import print_table, write_json
 from envs.metaworld import MultiTaskEnv, task_goal_sets
-from envs.workers import ParallelMultiTaskEnv, assign_tasks
+from envs.workers import START_METHODS, ParallelMultiTaskEnv, assign_tasks
 from mtrl.replay import MultiTaskReplay
 
 TARGETS = {"MT10": 1.5, "MT50": 1.6}  # workers vs in-process with N = 2 on 2 cores (issue 14)
@@ -105,7 +105,7 @@ def workers_vs_inprocess(args: argparse.Namespace) -> int:
     for benchmark in args.benchmarks:
         task_goal_sets(benchmark, 0)  # sampled once, before anything is timed
         t0 = time.perf_counter()
-        workers = ParallelMultiTaskEnv(benchmark, seed=0, workers=args.workers)
+        workers = ParallelMultiTaskEnv(benchmark, seed=0, workers=args.workers, start_method=args.start_method)
         startup = time.perf_counter() - t0
         inprocess = MultiTaskEnv(benchmark, seed=0)
         K = inprocess.num_tasks
@@ -139,7 +139,7 @@ def workers_vs_inprocess(args: argparse.Namespace) -> int:
     print(f"env workers vs in-process, median of {args.repeats} blocks of {args.steps} vector steps")
     print_table(["benchmark", "K", "workers", "in-process steps/s", "workers steps/s", "speed-up", "limit",
                  "overhead ms", "limit at 16", "start-up s", ""], rows)
-    write_json(args.json, {"benchmark": "collect", "workers": args.workers, "comparisons": comparisons})
+    write_json(args.json, {"benchmark": "collect", "workers": args.workers, "start_method": args.start_method, "comparisons": comparisons})
     return 0
 
 
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmark", default="MT10", help="raw comparison: the benchmark")
     parser.add_argument("--workers", type=int, help="compare N env worker processes with the in-process env")
     parser.add_argument("--benchmarks", nargs="+", default=["MT10", "MT50"], help="with --workers: the benchmarks")
+    parser.add_argument("--start-method", default="spawn", choices=START_METHODS, help="with --workers: how workers start")
     parser.add_argument("--steps", type=int, default=200, help="vector steps per timed block")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json")
