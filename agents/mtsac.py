@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad_and_value, vmap
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from agents.networks import Actor, Critic
 from mtrl.aggregators.base import AggContext, Aggregator
 from mtrl.aggregators.hypergrad import HyperContext
-from mtrl.jacobian import grouped_jacobian, per_task_jacobian, unflatten
+from mtrl.diagnostics import gradient_diagnostics
+from mtrl.jacobian import JacobianResult, flatten, grouped_jacobian, per_task_jacobian, unflatten
 from mtrl.replay import Batch
 
 __all__ = ["HyperBatches", "MTSAC"]
@@ -72,10 +75,20 @@ class MTSAC(nn.Module):
         self.register_buffer("codes", torch.eye(num_tasks))  # row k: one-hot code of task k
         self.to(device)
         self.device = torch.device(device)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.actor_optimizer = self._adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_optimizer = self._adam(self.critic.parameters(), cfg.critic_lr)
+        self.alpha_optimizer = self._adam([self.log_alpha], cfg.alpha_lr)
         self.jacobian_method = "auto"  # mtrl.jacobian.METHODS; "auto": "linear" for our MLPs
+        self._compiled_fns: dict[str, Callable] = {}  # agent.compile: compiled pieces, built on first use
+        self.compile_fallbacks: dict[str, str] = {}  # engine -> why it runs eager under agent.compile
+
+    def _adam(self, params, lr: float) -> torch.optim.Optimizer:
+        """Adam as ``cfg.adam`` says: "fused" (one kernel per step, and the non-finite skip stays on
+        the device) where the device has the fused kernel, else "foreach" (bit-identical to the
+        per-parameter loop of torch's default Adam on CPU)."""
+        params = list(params)
+        fused = self.cfg.adam == "fused" and self.device.type in _get_fused_kernels_supported_devices()
+        return torch.optim.Adam(params, lr=lr, fused=True) if fused else torch.optim.Adam(params, lr=lr, foreach=True)
 
     # ---- acting -------------------------------------------------------------------------------
     def act(self, obs: Tensor, deterministic: bool = False, generator: torch.Generator | None = None) -> Tensor:
@@ -116,11 +129,18 @@ class MTSAC(nn.Module):
         aggregator_generator: torch.Generator | None = None,
         temperature_agg: Aggregator | None = None,
         hyper_batches: HyperBatches | None = None,
+        diagnostics: bool = False,
     ) -> dict[str, Any]:
-        """One SAC update on ``batch`` (fields [K, B, ...]); returns float metrics.
+        """One SAC update on ``batch`` (fields [K, B, ...]); returns its metrics without reading
+        anything back from the device: losses, alpha, grad norms and skip flags stay device
+        tensors (0-d or [K]); weights are host tensors and solver info host floats, as the
+        aggregators produce them. ``mtrl.metrics.read_metrics`` turns them into numbers in one
+        transfer (the trainer does so every ``log_every`` steps).
 
         ``hyper_batches`` gives the bilevel methods (AuxiNash, AuxiLearn) fresh training and
-        validation batches for their outer step; it is only sampled on the steps that use it."""
+        validation batches for their outer step; it is only sampled on the steps that use it.
+        ``diagnostics`` adds the gradient diagnostics of ``mtrl.diagnostics`` for critic and
+        actor (a log step: the trainer asks for them every ``log_every`` steps)."""
         K = batch.reward.shape[0]
         metrics: dict[str, Any] = {}
         context = dict(perf=perf, main_task=main_task, generator=aggregator_generator)
@@ -138,6 +158,7 @@ class MTSAC(nn.Module):
             "critic", self.critic, self._critic_loss, critic_inputs(batch, all_rows), {},
             critic_agg, self.critic_optimizer, step, context, metrics,
             hyper=self._hyper_context(self.critic, self._critic_loss, critic_inputs, {}, critic_agg, hyper_batches),
+            diagnostics=diagnostics,
         )
 
         if step % self.cfg.actor_update_every == 0:
@@ -147,27 +168,79 @@ class MTSAC(nn.Module):
                 "actor", self.actor, self._actor_loss, actor_inputs(batch, all_rows), constants,
                 actor_agg, self.actor_optimizer, step, context, metrics, has_aux=True,
                 hyper=self._hyper_context(self.actor, self._actor_loss, actor_inputs, constants, actor_agg, hyper_batches, has_aux=True),
+                diagnostics=diagnostics,
             )
             if log_prob_mean is not None:
-                self._temperature_step(log_prob_mean, step, temperature_agg, context, metrics)
+                self._temperature_step(log_prob_mean, metrics["skipped_actor"], step, temperature_agg, context, metrics)
 
         if step % self.cfg.target_update_every == 0:
             with torch.no_grad():
-                for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
-                    tp.lerp_(p, self.cfg.tau)
-        metrics["alpha"] = float(alpha.mean())
+                torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.cfg.tau)
+        metrics["alpha"] = alpha.mean()
         return metrics
 
     def _critic_target(self, batch: Batch, rows: Tensor, generator: torch.Generator | None) -> Tensor:
         """Soft TD targets [R, B] under no_grad: r + gamma (1 - done) (min Q_target(s', a') - alpha log pi(a'|s'))
         for a batch whose row r belongs to global task ``rows[r]``."""
+        noise = torch.randn(*batch.reward.shape, self.action_dim, generator=generator, device=self.device)
+        target = self._compiled("target", lambda: self._soft_target) if self.cfg.compile else self._soft_target
         with torch.no_grad():
-            codes = self.codes[rows]
-            noise = torch.randn(*batch.reward.shape, self.action_dim, generator=generator, device=self.device)
-            next_action, next_log_prob = self.actor(batch.next_obs, codes[:, None], noise)
-            tq1, tq2 = self.critic_target(batch.next_obs, next_action, codes[:, None])
-            soft_value = torch.min(tq1, tq2) - self.log_alpha[rows].exp()[:, None] * next_log_prob
-            return batch.reward + self.cfg.discount * (1.0 - batch.done) * soft_value
+            return target(batch.next_obs, batch.reward, batch.done, self.codes[rows], self.log_alpha[rows].detach(), noise)
+
+    def _soft_target(self, next_obs: Tensor, reward: Tensor, done: Tensor, codes: Tensor, log_alpha: Tensor, noise: Tensor) -> Tensor:
+        next_action, next_log_prob = self.actor(next_obs, codes[:, None], noise)
+        tq1, tq2 = self.critic_target(next_obs, next_action, codes[:, None])
+        soft_value = torch.min(tq1, tq2) - log_alpha.exp()[:, None] * next_log_prob
+        return reward + self.cfg.discount * (1.0 - done) * soft_value
+
+    # ---- agent.compile: torch.compile'd pieces of the update --------------------------------------
+    def _compiled(self, key: str, build: Callable[[], Callable]) -> Callable:
+        """The compiled version of ``build()``, made once per key (static shapes: ``dynamic=False``,
+        so a run compiles each piece once; the first update pays for it)."""
+        fn = self._compiled_fns.get(key)
+        if fn is None:
+            fn = self._compiled_fns[key] = torch.compile(build(), dynamic=False)
+        return fn
+
+    def _compile_fallback(self, engine: str) -> None:
+        reason = {
+            "linear": "the 'linear' Jacobian engine takes gradients at the outputs of the Linear layers, which a "
+            "compiled graph does not expose",
+            "loop": "the 'loop' engine (one autograd.grad per task) is the reference fallback",
+        }[engine]
+        if engine not in self.compile_fallbacks:
+            self.compile_fallbacks[engine] = reason
+            warnings.warn(f"agent.compile: G is built eagerly with the {engine!r} engine: {reason}; "
+                          "aggregator.jacobian: auto or vmap compiles it", RuntimeWarning, stacklevel=3)
+
+    def _compiled_jacobian(self, name, loss_fn, params, inputs, constants, shared, has_aux, groups) -> JacobianResult:
+        """G through one compiled ``vmap(grad_and_value(loss))`` over the task dimension (the
+        "vmap" engine, compiled); reduced rows (CAGrad-Fast) are the group means of its rows."""
+        keys = list(constants)
+
+        def build() -> Callable:
+            def one_task(p: dict[str, Tensor], *args: Tensor) -> Any:
+                return loss_fn(p, *args[: len(inputs)], **dict(zip(keys, args[len(inputs):])))
+
+            in_dims = (None,) + (0,) * len(inputs) + (None,) * len(keys)
+            per_task = vmap(grad_and_value(one_task, has_aux=has_aux), in_dims=in_dims)
+
+            def jacobian(*args: Any) -> tuple[Tensor, Any, dict[str, Tensor]]:
+                grads, value = per_task(*args)
+                # G assembled inside the graph: inductor writes the per-task products into it
+                G = flatten([grads[n] for n in shared], args[1].shape[0])
+                return G, value, {n: g.sum(0) for n, g in grads.items() if n not in set(shared)}
+
+            return jacobian
+
+        G, value, other = self._compiled(f"jacobian/{name}", build)(params, *inputs, *constants.values())
+        losses, aux = value if has_aux else (value, None)
+        losses = losses.detach()
+        if groups is not None:
+            index = [g.to(G.device) for g in groups]
+            G = torch.stack([G[i].mean(0) for i in index])
+            losses = torch.stack([losses[i].mean() for i in index])
+        return JacobianResult(G, losses, None if aux is None else aux.detach(), other)
 
     def _hyper_context(
         self, module: nn.Module, loss_fn, make_inputs, constants: dict[str, Any], agg: Aggregator,
@@ -215,32 +288,35 @@ class MTSAC(nn.Module):
         metrics: dict[str, Any],
         has_aux: bool = False,
         hyper: Any = None,
+        diagnostics: bool = False,
     ) -> Tensor | None:
         """Aggregate one component's per-task gradients and step its optimizer.
 
-        Returns the auxiliary output [K] of ``loss_fn`` (or None when the step was skipped)."""
+        Nothing is read back from the device. A non-finite loss skips the step on the device: the
+        flag ``skipped_<name>`` (a 0-d tensor, 1.0 = skipped) gates the fused Adam step through
+        its ``found_inf`` input (the mechanism of AMP's GradScaler), so parameters and optimizer
+        state stay bit-identical. A non-finite G is seen on the host for free (on the diagonal of
+        the Gram matrix the solvers receive) and skips the step there. Returns the auxiliary
+        output [K] of ``loss_fn`` (None when the step was skipped on the host)."""
         K = inputs[0].shape[0]
         task_ids = torch.arange(K)
         named = dict(module.named_parameters())
         specific = set(module.task_specific_names())
         shared = [n for n in named if n not in specific]
-
-        def one_task(params: dict[str, Tensor], *args: Tensor) -> Any:
-            return loss_fn(params, *args, **constants)
+        shared_params = [named[n] for n in shared]
 
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         aux = None
         if not agg.needs_jacobian(step):
-            # one backward of sum_i w_i loss_i: the direction is w @ G without building G
-            out = vmap(one_task, in_dims=(None,) + (0,) * len(inputs))(named, *inputs)
+            # one backward of sum_i w_i loss_i: the direction is w @ G without building G. The
+            # losses are batch-polymorphic: the stacked call gives the loss vector [K] directly.
+            forward = self._compiled(f"loss/{name}", lambda: loss_fn) if self.cfg.compile else loss_fn
+            out = forward(named, *inputs, **constants)
             losses, aux = out if has_aux else (out, None)
-            if not bool(torch.isfinite(losses).all()):
-                return self._skip(name, metrics)
             ctx = AggContext(step=step, task_ids=task_ids, losses=losses.detach(), hyper=hyper, **context)
-            weights = agg.weights_without_jacobian(ctx).to(losses)
-            shared_params = [named[n] for n in shared]
-            grads = torch.autograd.grad((weights * losses).sum(), shared_params, retain_graph=bool(specific))
+            weights = agg.weights_without_jacobian(ctx)  # [K] float64, host
+            grads = torch.autograd.grad((weights.to(losses) * losses).sum(), shared_params, retain_graph=bool(specific))
             for p, g in zip(shared_params, grads):
                 p.grad = g
             if specific:
@@ -248,32 +324,18 @@ class MTSAC(nn.Module):
                 for p, g in zip(spec_params, torch.autograd.grad(losses.sum(), spec_params)):
                     p.grad = g
             if agg.max_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(shared_params, agg.max_norm)
-                metrics[f"{name}/grad_norm"] = float(norm)
-            metrics[f"{name}/weights"] = [float(w) for w in weights]
+                metrics[f"{name}/grad_norm"] = torch.nn.utils.clip_grad_norm_(shared_params, agg.max_norm, foreach=True)
+            metrics[f"{name}/weights"] = weights
             if hasattr(agg, "log_info"):
                 metrics.update({f"{name}/{k}": float(v) for k, v in agg.log_info().items()})
-            metrics[f"{name}/loss"] = float(losses.detach().mean())
             metrics[f"{name}/jacobian"] = 0.0
+            coefficients = gram = None
         else:
             params = {n: p.detach() for n, p in named.items()}
-            rows = agg.rows_needed(step, context["generator"])
-            groups = None
-            if rows is None:
-                result = per_task_jacobian(
-                    one_task, params, inputs, shared, method=self.jacobian_method, has_aux=has_aux, module=module
-                )
-            else:
-                chosen = set(int(r) for r in rows)
-                rest = torch.tensor([k for k in range(K) if k not in chosen], dtype=torch.long)
-                groups = tuple(torch.tensor([int(r)]) for r in rows) + ((rest,) if rest.numel() else ())
-                result = grouped_jacobian(
-                    one_task, params, inputs, groups, shared, has_aux=has_aux, method=self.jacobian_method, module=module
-                )
+            groups = self._row_groups(agg, step, context["generator"], K)
+            result = self._jacobian(name, loss_fn, params, inputs, constants, shared, module, has_aux, groups)
             losses, aux = result.losses, result.aux
             metrics[f"{name}/jacobian"] = time.perf_counter() - t0
-            if not bool(torch.isfinite(losses).all()):
-                return self._skip(name, metrics)
             ctx = AggContext(
                 step=step, task_ids=task_ids, losses=losses if groups is None else None,
                 row_groups=groups, hyper=hyper, **context,
@@ -281,30 +343,79 @@ class MTSAC(nn.Module):
             try:
                 out = agg(result.G, ctx)
             except ValueError:
-                if bool(torch.isfinite(result.G).all()):
+                # the exceptional path may read the device: a non-finite G or loss is a skip
+                if bool(torch.isfinite(result.G).all()) and bool(torch.isfinite(losses).all()):
                     raise
-                return self._skip(name, metrics)
-            for p, g in zip((named[n] for n in shared), unflatten(out.direction, [named[n] for n in shared])):
+                metrics[f"skipped_{name}"] = 1.0
+                return None
+            for p, g in zip(shared_params, unflatten(out.direction, shared_params)):
                 p.grad = g  # views of the one direction tensor: no copy
             for n, g in result.other_grads.items():
                 named[n].grad = g
             if out.weights is not None:
-                metrics[f"{name}/weights"] = [float(w) for w in out.weights]
+                metrics[f"{name}/weights"] = out.weights
             for key, value in out.info.items():
                 metrics[f"{name}/{key}"] = float(value)
-            metrics[f"{name}/loss"] = float(losses.detach().mean())
-        optimizer.step()
+            coefficients = out.coefficients if groups is None else None
+            gram = out.gram if groups is None else None
+        metrics[f"{name}/loss"] = losses.detach().mean()
+        skipped = self._gated_step(optimizer, losses)
+        metrics[f"skipped_{name}"] = skipped
         metrics[f"{name}/time"] = time.perf_counter() - t0
+        if diagnostics:
+            direction = torch.cat([p.grad.reshape(-1) for p in shared_params])  # [P], as stepped
+            G = None
+            if gram is None or coefficients is None:  # no-G path or reduced rows: one extra pass
+                params = {n: p.detach() for n, p in named.items()}
+                G = self._jacobian(name, loss_fn, params, inputs, constants, shared, module, has_aux, None).G
+            metrics.update({f"{name}/{k}": v for k, v in gradient_diagnostics(G, direction, gram, coefficients).items()})
         return aux
 
-    def _skip(self, name: str, metrics: dict[str, Any]) -> None:
-        metrics[f"skipped_{name}"] = 1
-        return None
+    def _row_groups(self, agg: Aggregator, step: int, generator: torch.Generator | None, K: int) -> tuple[Tensor, ...] | None:
+        """CAGrad-Fast's rows: one per sampled task plus the mean of the rest (None: all rows)."""
+        rows = agg.rows_needed(step, generator)
+        if rows is None:
+            return None
+        chosen = rows.tolist()  # host ids from the CPU generator
+        rest = torch.tensor([k for k in range(K) if k not in set(chosen)], dtype=torch.long)
+        return tuple(torch.tensor([r]) for r in chosen) + ((rest,) if rest.numel() else ())
+
+    def _jacobian(self, name, loss_fn, params, inputs, constants, shared, module, has_aux, groups):
+        if self.cfg.compile:
+            if self.jacobian_method in ("auto", "vmap"):
+                return self._compiled_jacobian(name, loss_fn, params, inputs, constants, shared, has_aux, groups)
+            self._compile_fallback(self.jacobian_method)
+
+        def one_task(p: dict[str, Tensor], *args: Tensor) -> Any:
+            return loss_fn(p, *args, **constants)
+
+        if groups is None:
+            return per_task_jacobian(one_task, params, inputs, shared, method=self.jacobian_method, has_aux=has_aux, module=module)
+        return grouped_jacobian(one_task, params, inputs, groups, shared, has_aux=has_aux, method=self.jacobian_method, module=module)
+
+    def _gated_step(self, optimizer: torch.optim.Optimizer, losses: Tensor, skip: Tensor | None = None) -> Tensor | float:
+        """Step ``optimizer`` unless ``losses`` (or ``skip``) flags a non-finite step; returns the
+        skip flag. Fused Adam takes the flag on the device (no sync); other optimizers need a
+        host read of it (one sync; used where fused Adam is not available)."""
+        bad = ~torch.isfinite(losses.detach()).all()
+        if skip is not None:
+            bad = bad | (skip > 0)
+        flag = bad.to(torch.float32)
+        if getattr(optimizer, "defaults", {}).get("fused"):
+            optimizer.found_inf = flag  # read by the fused kernel: a flagged step changes nothing
+            optimizer.step()
+            return flag
+        if bool(bad):
+            return flag
+        optimizer.step()
+        return flag
 
     def _temperature_step(
-        self, log_prob_mean: Tensor, step: int, agg: Aggregator | None, context: dict[str, Any], metrics: dict[str, Any]
+        self, log_prob_mean: Tensor, actor_skipped: Tensor | float, step: int, agg: Aggregator | None,
+        context: dict[str, Any], metrics: dict[str, Any],
     ) -> None:
-        """Per-task temperature loss -alpha_k (log pi + target entropy); plain sum unless ``agg``."""
+        """Per-task temperature loss -alpha_k (log pi + target entropy); plain sum unless ``agg``.
+        Skipped with the actor's step (its log-probabilities come from that step)."""
         K = log_prob_mean.shape[0]
         alpha = self.log_alpha[:K].exp()
         losses = -(alpha * (log_prob_mean + self.target_entropy).detach())  # [K]
@@ -315,10 +426,15 @@ class MTSAC(nn.Module):
             # row k of G is d loss_k / d log_alpha: nonzero only in column k
             G = torch.diag(losses.detach())
             G = torch.cat([G, torch.zeros(K, self.num_tasks - K, device=G.device)], dim=1)
-            out = agg(G, AggContext(step=step, task_ids=torch.arange(K), losses=losses.detach(), **context))
+            try:
+                out = agg(G, AggContext(step=step, task_ids=torch.arange(K), losses=losses.detach(), **context))
+            except ValueError:
+                if bool(torch.isfinite(losses).all()):
+                    raise
+                return
             self.log_alpha.grad = out.direction.clone()
-        self.alpha_optimizer.step()
-        metrics["temperature/loss"] = float(losses.detach().mean())
+        self._gated_step(self.alpha_optimizer, losses, torch.as_tensor(actor_skipped, device=losses.device))
+        metrics["temperature/loss"] = losses.detach().mean()
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:

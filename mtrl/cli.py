@@ -1,4 +1,4 @@
-"""Command line: ``mtrl train | evaluate | sweep | report | bench``.
+"""Command line: ``mtrl train | evaluate | sweep | report | inspect | bench``.
 
 Errors a user can cause (bad config, bad run directory, no checkpoint) are printed as one line
 and exit with status 2; nothing else is caught here.
@@ -13,6 +13,9 @@ from pathlib import Path
 __all__ = ["main"]
 
 _BENCHES = ("aggregators", "jacobian", "update", "collect")
+# commands whose module parses its own arguments (``mtrl.inspection``: a module named ``inspect``
+# would shadow the standard library's when a file of mtrl/ is run as a script)
+_MODULE_COMMANDS = {"sweep": "mtrl.sweep", "report": "mtrl.report", "inspect": "mtrl.inspection"}
 
 
 def _default_run_dir(config_path: Path, seed: int) -> Path:
@@ -21,7 +24,6 @@ def _default_run_dir(config_path: Path, seed: int) -> Path:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from mtrl.config import load_config
-    from mtrl.train import train
 
     overrides = list(args.set or [])
     resume = args.resume
@@ -41,6 +43,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides.append(f"device={args.device}")
     cfg = load_config(config_path, overrides)
+    if cfg.train.video_every:
+        from mtrl.video import configure_headless_gl
+
+        configure_headless_gl()  # before mtrl.train imports MuJoCo
+    from mtrl.train import train
+
     if run_dir is None:
         run_dir = _default_run_dir(config_path, cfg.seed)
     result = train(cfg, run_dir, resume=resume, force=args.force)
@@ -52,9 +60,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from mtrl.train import evaluate_run
+    import json
 
-    evaluate_run(Path(args.run_dir), episodes=args.episodes, device=args.device, goals=args.goals)
+    if args.episodes is not None and args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    run_dir = Path(args.run_dir)
+    if args.video is not None and args.json:
+        raise ValueError("--json writes an evaluation's result; --video records videos instead of evaluating")
+    if args.video is not None:
+        from mtrl.rollouts import record_run_videos
+
+        record_run_videos(run_dir, Path(args.video), episodes=args.episodes or 1, device=args.device)
+        return 0
+    if args.protocol == "metaworld":
+        from mtrl.rollouts import evaluate_run_metaworld
+
+        payload = evaluate_run_metaworld(run_dir, episodes=args.episodes or 50, device=args.device).to_json()
+    else:
+        from mtrl.train import evaluate_run
+
+        episodes = args.episodes or 10
+        payload = evaluate_run(run_dir, episodes=episodes, device=args.device, goals=args.goals).to_json(episodes)
+    if args.json:
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
 
@@ -78,14 +106,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR|auto", help="continue from the newest valid checkpoint")
     p.add_argument("--force", action="store_true", help="resume even if the config changes the run's meaning")
 
-    p = sub.add_parser("evaluate", help="evaluate the newest checkpoint of a run")
+    p = sub.add_parser("evaluate", help="evaluate the newest checkpoint of a run, or record videos of it")
     p.add_argument("run_dir")
-    p.add_argument("--episodes", type=int, default=10, help="episodes per task")
+    p.add_argument("--protocol", choices=("mtrl", "metaworld"), default="mtrl",
+                   help="mtrl: the trainer's evaluation; metaworld: metaworld.evaluation on MetaWorld's vector env")
+    p.add_argument("--episodes", type=int, help="episodes per task (default 10; 50 with --protocol metaworld; 1 with --video)")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--video", metavar="DIR", help="render episodes into DIR/<task>.mp4 (or .gif) instead of evaluating")
     p.add_argument("--device", default="auto")
-    p.add_argument("--goals", choices=("train", "heldout"), help="goal set (default: the run's env.eval_goals)")
+    p.add_argument("--goals", choices=("train", "heldout"), help="--protocol mtrl: goal set (default: the run's env.eval_goals)")
 
     sub.add_parser("sweep", help="run methods x seeds (see `mtrl sweep -h`)", add_help=False)
     sub.add_parser("report", help="tables and figures over run directories (see `mtrl report -h`)", add_help=False)
+    sub.add_parser("inspect", help="success and gradient diagnostics of one run (see `mtrl inspect -h`)", add_help=False)
     p = sub.add_parser("bench", help="speed benchmarks printing ratios measured in one run")
     p.add_argument("what", choices=_BENCHES)
     return parser
@@ -96,16 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     from mtrl.checkpoint import CheckpointError
 
     try:
-        if argv and argv[0] in ("sweep", "report"):
+        if argv and argv[0] in _MODULE_COMMANDS:
             import importlib
 
-            module = importlib.import_module(f"mtrl.{argv[0]}")
+            module = importlib.import_module(_MODULE_COMMANDS[argv[0]])
             return int(module.main(argv[1:]) or 0)
         parser = _parser()
         if argv and argv[0] == "bench":
             args, rest = parser.parse_known_args(argv)
             return _cmd_bench(args, rest)
         args = parser.parse_args(argv)
+        if args.command == "evaluate" and args.video is not None:
+            from mtrl.video import configure_headless_gl
+
+            configure_headless_gl()  # before anything imports MuJoCo
         if args.command == "train":
             return _cmd_train(args)
         if args.command == "evaluate":

@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "EnvConfig",
     "TrainConfig",
+    "WandbConfig",
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
@@ -79,6 +80,15 @@ class AgentConfig:
         log_std_min, log_std_max: bounds of the actor's log standard deviation.
         actor_update_every: actor and temperature update every N training steps.
         target_update_every: target critic update every N training steps.
+        adam: "fused" (default: one kernel per optimizer step, and a non-finite loss skips the
+            step on the device without a host sync; falls back to "foreach" on devices without
+            the fused kernel) or "foreach" (bit-identical to torch's default Adam on CPU; the skip
+            then reads one flag from the device per component).
+        compile: run the update's forward and backward passes through ``torch.compile``
+            (inductor; C++ on a CPU): the TD targets, the batched losses of the one-backward path
+            and, for G-based methods, one compiled ``vmap(grad)`` over the tasks (the "vmap"
+            engine; ``aggregator.jacobian: linear`` or ``loop`` then run eager, with a warning).
+            The first update compiles (tens of seconds); shapes are static, so nothing recompiles.
     """
 
     variant: str = "mt"
@@ -96,6 +106,8 @@ class AgentConfig:
     log_std_max: float = 2.0
     actor_update_every: int = 1
     target_update_every: int = 1
+    adam: str = "fused"
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,26 @@ class AggregatorConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases logging (``pip install -e '.[wandb]'``); off unless ``mode`` says otherwise.
+
+    Attributes:
+        mode: "disabled" (default), "offline" (files under the run directory, no account;
+            ``wandb sync`` uploads them later) or "online".
+        project: W&B project; required when mode is not "disabled".
+        entity: W&B team or user (None: the account's default).
+        group: runs shown together (``mtrl sweep`` sets the method label).
+        name: the run's display name (``mtrl sweep`` sets ``<method>-seed<N>``; None: the run directory's name).
+    """
+
+    mode: str = "disabled"
+    project: str | None = None
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The training loop.
 
@@ -138,6 +170,10 @@ class TrainConfig:
         log_every: write a metrics.jsonl line every N steps.
         tensorboard: also write TensorBoard events (needs the ``tensorboard`` extra).
         progress: show a progress bar on stderr.
+        video_every: at the evaluations of every N-th step, also render one episode per task into
+            ``<run>/videos/step<N>/<task>.mp4`` (``mtrl.video``); 0 (default) records none. A
+            multiple of ``eval_every``.
+        wandb: Weights & Biases logging (``WandbConfig``).
     """
 
     total_steps: int = 2_000_000
@@ -149,6 +185,8 @@ class TrainConfig:
     log_every: int = 1000
     tensorboard: bool = False
     progress: bool = True
+    video_every: int = 0
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass(frozen=True)
@@ -207,12 +245,14 @@ _POSITIVE_INTS = {
     "train.log_every",
     "checkpoint.keep",
 }
-_NON_NEGATIVE_INTS = {"seed", "train.warmup_steps", "checkpoint.every"}
+_NON_NEGATIVE_INTS = {"seed", "train.warmup_steps", "train.video_every", "checkpoint.every"}
 _POSITIVE_FLOATS = {"agent.actor_lr", "agent.critic_lr", "agent.alpha_lr", "agent.init_temperature"}
 _CHOICES = {
     "env.eval_goals": ("train", "heldout"),
     "agent.variant": ("mt", "te", "mh"),
+    "agent.adam": ("fused", "foreach"),
     "aggregator.jacobian": ("auto", "linear", "vmap", "loop"),
+    "train.wandb.mode": ("disabled", "offline", "online"),
 }
 
 
@@ -238,6 +278,13 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"agent.log_std_min ({cfg.agent.log_std_min}) must be below agent.log_std_max ({cfg.agent.log_std_max})"
         )
+    if cfg.train.video_every % cfg.train.eval_every:
+        raise ConfigError(
+            f"train.video_every ({cfg.train.video_every}) must be 0 or a multiple of train.eval_every ({cfg.train.eval_every}): "
+            f"videos are recorded at evaluations"
+        )
+    if cfg.train.wandb.mode != "disabled" and not cfg.train.wandb.project:
+        raise ConfigError(f"train.wandb.project must be set when train.wandb.mode is {cfg.train.wandb.mode!r}")
     _check_aggregator(cfg.aggregator)
     device = cfg.device
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):

@@ -323,7 +323,7 @@ def grouped_jacobian(
     loss (the reference code's |S| + 1 backward passes)."""
     wrt = list(params) if wrt is None else list(wrt)
     K = inputs[0].shape[0]
-    covered = sorted(int(k) for g in groups for k in g.reshape(-1))
+    covered = sorted(k for g in groups for k in g.reshape(-1).tolist())  # host ids: no item() per id
     if covered != list(range(K)):
         raise ValueError(f"groups must partition the tasks 0..{K - 1}; got {[g.tolist() for g in groups]}")
     method, layers = _engine(method, module, wrt)

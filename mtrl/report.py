@@ -11,10 +11,27 @@ Statistics per method, over seeds (spec §4.1):
 * **best**: per run, the maximum over evaluations of the task-averaged success (the papers'
   "best average"), then mean +- SEM over seeds (SEM with ddof = 1; 0 for one seed);
 * **final**: the task-averaged success of each run's last evaluation, mean +- SEM;
-* **IQM**: interquartile mean of the per-seed best scores (rliable's definition,
+* **IQM** (of seed best): interquartile mean of the per-seed best scores (the 25% trimmed mean,
   ``scipy.stats.trim_mean(x, 0.25)``) with a 95% percentile bootstrap CI over seeds (2000
   resamples, fixed seed; one stratum per method since the per-seed score already averages the
   tasks).
+
+rliable's statistics on run x task scores (``mtrl/stats.py`` gives the definitions and
+citations): the score of run n on task m is the task's success at the run's final evaluation, an
+``[N, K]`` matrix per method (100 scores for 10 seeds on MT10).
+
+* **IQM (run x task)**: the IQM of the ``N * K`` pooled scores with a 95% percentile CI from a
+  bootstrap stratified over runs within each task (JSON ``iqm_run_task``, ``iqm_run_task_ci``);
+* **probability of improvement** P(X > Y) for every pair of methods scoring the same tasks, with
+  its CI (``poi.csv``, JSON ``probability_of_improvement``);
+* **performance profiles**: the fraction of run x task scores above each threshold tau in [0, 1],
+  with bootstrap bands (``profiles.png``, ``profiles.csv``).
+
+Gradient diagnostics (``mtrl/inspection.py``, ``docs/diagnostics.md``), per method over the seeds
+that logged them: conflict fraction over training (``conflict.png``), cosine heatmaps of the first
+and last third (``cos_<method>.png``), weight trajectories (``weights_<method>.png``), each task's
+served cosine against its final success (``served.png``); the numbers behind them in
+``diagnostics.json``. Runs without diagnostics (older runs) are reported as before.
 
 STL: the MT1 runs of one seed are joined into one task-averaged curve at the evaluation steps
 they share, then treated like any other run. Main-task runs (``main_task`` set) also report the
@@ -26,16 +43,30 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from mtrl import stats as rstats
+from mtrl.inspection import (
+    MethodDiagnostics,
+    aggregate_diagnostics,
+    file_label,
+    plot_conflict,
+    plot_cosines,
+    plot_served,
+    plot_weights,
+    read_diagnostics,
+)
+
 __all__ = ["Run", "MethodStats", "find_runs", "group_runs", "method_stats", "main"]
 
-BOOTSTRAP_SAMPLES = 2000
-BOOTSTRAP_SEED = 0
+BOOTSTRAP_SAMPLES = rstats.BOOTSTRAP_SAMPLES
+BOOTSTRAP_SEED = rstats.BOOTSTRAP_SEED
+PROFILE_TAUS = np.linspace(0.0, 1.0, 101)
 
 
 @dataclass
@@ -70,12 +101,21 @@ class MethodStats:
     main_task: str | None = None
     main_best: float | None = None
     main_final: float | None = None
+    tasks: list[str] = field(default_factory=list)
+    scores: np.ndarray | None = None  # [N, K] final success of each run (seed) on each task
+    iqm_run_task: float = math.nan
+    iqm_run_task_ci: tuple[float, float] = (math.nan, math.nan)
+    probability_of_improvement: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # other -> (p, lo, hi)
 
     def as_json(self) -> dict:
         out = {
             "best_mean": self.best_mean, "best_sem": self.best_sem, "final_mean": self.final_mean,
             "final_sem": self.final_sem, "iqm": self.iqm, "iqm_ci": list(self.iqm_ci), "n_seeds": self.n_seeds,
             "per_task_best": self.per_task_best, "per_task_final": self.per_task_final,
+            "iqm_run_task": self.iqm_run_task, "iqm_run_task_ci": list(self.iqm_run_task_ci),
+            "probability_of_improvement": {
+                other: {"p": p, "ci": [lo, hi]} for other, (p, lo, hi) in self.probability_of_improvement.items()
+            },
         }
         if self.main_task is not None:
             out.update(main_task=self.main_task, main_best=self.main_best, main_final=self.main_final)
@@ -154,19 +194,21 @@ def sem(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def iqm(values: np.ndarray) -> float:
-    from scipy.stats import trim_mean
-
-    return float(trim_mean(values, 0.25))
+def iqm(values: np.ndarray) -> np.ndarray:
+    """Interquartile mean over the last axis (``scipy.stats.trim_mean(values, 0.25)``)."""
+    return rstats.interquartile_mean(values)
 
 
 def bootstrap_ci(values: np.ndarray, statistic=iqm, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``statistic`` over seeds (fixed seed: reproducible)."""
+    """Percentile bootstrap CI of ``statistic`` over seeds (fixed seed: reproducible).
+
+    ``statistic`` reduces the last axis, so that it takes all resamples ``[B, n]`` at once.
+    """
     if len(values) < 2:
         return float(statistic(values)), float(statistic(values))
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     draws = rng.integers(0, len(values), size=(BOOTSTRAP_SAMPLES, len(values)))
-    stats = np.array([statistic(values[d]) for d in draws])
+    stats = np.asarray(statistic(values[draws]))  # [B]
     lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
 
@@ -175,11 +217,14 @@ def method_stats(label: str, runs: list[Run]) -> MethodStats:
     best = np.array([r.mean_curve.max() for r in runs])
     final = np.array([r.mean_curve[-1] for r in runs])
     tasks = sorted(set.intersection(*(set(r.per_task) for r in runs)), key=list(runs[0].per_task).index)
+    scores = np.array([[r.per_task[t][-1] for t in tasks] for r in runs])  # [N, K]
+    point, low, high = rstats.interval_estimate(scores, rstats.iqm)
     stats = MethodStats(
         label=label, n_seeds=len(runs), best_mean=float(best.mean()), best_sem=sem(best),
-        final_mean=float(final.mean()), final_sem=sem(final), iqm=iqm(best), iqm_ci=bootstrap_ci(best),
+        final_mean=float(final.mean()), final_sem=sem(final), iqm=float(iqm(best)), iqm_ci=bootstrap_ci(best),
         per_task_best={t: float(np.mean([r.per_task[t].max() for r in runs])) for t in tasks},
         per_task_final={t: float(np.mean([r.per_task[t][-1] for r in runs])) for t in tasks},
+        tasks=tasks, scores=scores, iqm_run_task=float(point), iqm_run_task_ci=(float(low), float(high)),
     )
     main = runs[0].main_task
     if main is not None and main in tasks:
@@ -187,6 +232,28 @@ def method_stats(label: str, runs: list[Run]) -> MethodStats:
         stats.main_best = float(np.mean([r.per_task[main].max() for r in runs]))
         stats.main_final = float(np.mean([r.per_task[main][-1] for r in runs]))
     return stats
+
+
+def compare_methods(stats: list[MethodStats]) -> list[tuple[str, str, float, float, float]]:
+    """P(X > Y) with its 95% CI for every ordered pair of methods that score the same tasks.
+
+    Each unordered pair is bootstrapped once; P(Y > X) = 1 - P(X > Y) with the mirrored interval
+    (exact per resample, ties count one half). Fills ``MethodStats.probability_of_improvement``.
+    """
+    rows = []
+    for i, x in enumerate(stats):
+        for y in stats[i + 1:]:
+            if set(x.tasks) != set(y.tasks):
+                continue
+            y_scores = y.scores[:, [y.tasks.index(t) for t in x.tasks]]  # Y's columns in X's task order
+            p, low, high = rstats.probability_of_improvement_interval(x.scores, y_scores)
+            x.probability_of_improvement[y.label] = (p, low, high)
+            y.probability_of_improvement[x.label] = (1.0 - p, 1.0 - high, 1.0 - low)
+    for x in stats:
+        for y in stats:
+            if y.label in x.probability_of_improvement:
+                rows.append((x.label, y.label, *x.probability_of_improvement[y.label]))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,9 +267,38 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def _main_table(stats: list[MethodStats]) -> tuple[list[str], list[list]]:
-    header = ["method", "seeds", "best_mean", "best_sem", "final_mean", "final_sem", "iqm", "iqm_ci_low", "iqm_ci_high"]
-    rows = [[s.label, s.n_seeds, s.best_mean, s.best_sem, s.final_mean, s.final_sem, s.iqm, *s.iqm_ci] for s in stats]
+    header = ["method", "seeds", "best_mean", "best_sem", "final_mean", "final_sem", "iqm", "iqm_ci_low", "iqm_ci_high",
+              "iqm_run_task", "iqm_run_task_ci_low", "iqm_run_task_ci_high"]
+    rows = [[s.label, s.n_seeds, s.best_mean, s.best_sem, s.final_mean, s.final_sem, s.iqm, *s.iqm_ci,
+             s.iqm_run_task, *s.iqm_run_task_ci] for s in stats]
     return header, rows
+
+
+def _profiles(stats: list[MethodStats]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Score-distribution performance profile of every method at ``PROFILE_TAUS`` (stats.py)."""
+    return {s.label: rstats.performance_profile(s.scores, PROFILE_TAUS) for s in stats}
+
+
+def _plot_profiles(profiles: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, (profile, low, high) in sorted(profiles.items()):
+        line, = ax.step(PROFILE_TAUS, profile, where="post", label=label)
+        ax.fill_between(PROFILE_TAUS, low, high, step="post", alpha=0.2, color=line.get_color())
+    ax.set_xlabel(r"success threshold $\tau$")
+    ax.set_ylabel(r"fraction of run x task scores > $\tau$")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Performance profiles (final success; 95% stratified bootstrap CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plot_curves(groups: dict[str, list[Run]], path: Path) -> None:
@@ -255,21 +351,32 @@ def _plot_per_task(stats: list[MethodStats], path: Path) -> None:
     plt.close(fig)
 
 
-def _markdown(stats: list[MethodStats]) -> str:
+def _f(value: float) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+def _markdown(
+    stats: list[MethodStats],
+    poi_rows: list[tuple[str, str, float, float, float]] | None = None,
+    diags: dict[str, MethodDiagnostics] | None = None,
+    figures: dict[str, dict[str, str]] | None = None,
+) -> str:
     lines = [
         "# Report",
         "",
         "Best = per seed, the maximum over evaluations of the task-averaged success (the papers' metric), "
-        "then mean ± SEM over seeds. Final = the last evaluation. IQM of the per-seed best scores with a "
-        "95% bootstrap CI.",
+        "then mean ± SEM over seeds. Final = the last evaluation. IQM of seed best = IQM of the per-seed best "
+        "scores with a 95% bootstrap CI over seeds. IQM run × task = rliable's IQM of the pooled final success "
+        "of every run on every task, 95% CI from a bootstrap stratified over runs within each task.",
         "",
-        "| method | seeds | best | final | IQM [95% CI] |",
-        "|---|---|---|---|---|",
+        "| method | seeds | best | final | IQM of seed best [95% CI] | IQM run × task, final [95% CI] |",
+        "|---|---|---|---|---|---|",
     ]
     for s in stats:
         lines.append(
             f"| {s.label} | {s.n_seeds} | {s.best_mean:.3f} ± {s.best_sem:.3f} | {s.final_mean:.3f} ± {s.final_sem:.3f} | "
-            f"{s.iqm:.3f} [{s.iqm_ci[0]:.3f}, {s.iqm_ci[1]:.3f}] |"
+            f"{s.iqm:.3f} [{s.iqm_ci[0]:.3f}, {s.iqm_ci[1]:.3f}] | "
+            f"{s.iqm_run_task:.3f} [{s.iqm_run_task_ci[0]:.3f}, {s.iqm_run_task_ci[1]:.3f}] |"
         )
     mains = [s for s in stats if s.main_task is not None]
     if mains:
@@ -282,7 +389,96 @@ def _markdown(stats: list[MethodStats]) -> str:
         cells = [f"{s.per_task_best[t]:.2f} / {s.per_task_final[t]:.2f}" if t in s.per_task_best else "" for s in stats]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines += ["", "![success curves](curves.png)", "", "![final success per task](per_task.png)", ""]
+
+    lines += [
+        "## Comparisons (rliable's statistics on run × task final success)",
+        "",
+        "Performance profile: the fraction of run × task scores above each threshold τ, with 95% stratified "
+        "bootstrap bands; a curve above another everywhere dominates it. Data: `profiles.csv`.",
+        "",
+        "![performance profiles](profiles.png)",
+        "",
+    ]
+    if poi_rows:
+        compared = [s.label for s in stats if s.probability_of_improvement]
+        lookup = {(x, y): (p, lo, hi) for x, y, p, lo, hi in poi_rows}
+        lines += [
+            "Probability of improvement P(row > column): the chance that a random run of the row method beats a "
+            "random run of the column method on a random task (ties count ½), with its 95% CI; 0.5 means no "
+            "difference; a 95% CI wholly above 0.5 means the row method is better beyond the seed-to-seed noise. "
+            "Data: `poi.csv`.",
+            "",
+            "| P(row > column) | " + " | ".join(compared) + " |",
+            "|---|" + "---|" * len(compared),
+        ]
+        for x in compared:
+            cells = []
+            for y in compared:
+                if (x, y) in lookup:
+                    p, lo, hi = lookup[(x, y)]
+                    cells.append(f"{p:.2f} [{lo:.2f}, {hi:.2f}]")
+                else:
+                    cells.append("")
+            lines.append(f"| {x} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if diags:
+        figures = figures or {}
+        lines += [
+            "## Gradient diagnostics (mean over the seeds that logged them)",
+            "",
+            "Conflict = fraction of task pairs whose gradients have a negative cosine, averaged over the first and the "
+            "last third of training; ‖d‖ = mean norm of the update direction. See docs/diagnostics.md. "
+            "Data: `diagnostics.json`.",
+            "",
+            "| method | seeds | critic conflict first → last | actor conflict first → last | critic ‖d‖ | actor ‖d‖ | figures |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, d in sorted(diags.items()):
+            cells = [label, str(d.n_runs)]
+            for name in ("critic", "actor"):
+                c = d.components.get(name)
+                cells.append("-" if c is None else f"{_f(c.conflict_first)} → {_f(c.conflict_last)}")
+            for name in ("critic", "actor"):
+                c = d.components.get(name)
+                cells.append("-" if c is None else f"{c.direction_norm:.3g}")
+            links = [f"[{kind}]({name})" for kind, name in figures.get(label, {}).items()]
+            cells.append(", ".join(links) or "-")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "![conflict fraction over training](conflict.png)", "", "![served cosine against final success](served.png)", ""]
+        labels = sorted(diags)
+        by_label = {s.label: s for s in stats}
+        lines += [
+            "### Served per task: mean cos(d, g_i) over training, critic / actor (final success)",
+            "",
+            "A negative served value means the updates, on average, increased that task's loss to first order.",
+            "",
+            "| task | " + " | ".join(labels) + " |",
+            "|---|" + "---|" * len(labels),
+        ]
+        for t in dict.fromkeys(t for d in diags.values() for t in d.tasks):
+            cells = []
+            for label in labels:
+                d = diags[label]
+                if t not in d.tasks:
+                    cells.append("")
+                    continue
+                i = d.tasks.index(t)
+                served = " / ".join(_f(d.components[n].served[i]) if n in d.components else "-" for n in ("critic", "actor"))
+                final = by_label[label].per_task_final.get(t) if label in by_label else None
+                cells.append(f"{served} ({_f(final)})")
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
+
+
+def _diagnostics(groups: dict[str, list[Run]]) -> dict[str, MethodDiagnostics]:
+    """Per method, the mean over its seeds of the diagnostics they logged (methods without any left out)."""
+    out = {}
+    for label, runs in sorted(groups.items()):
+        logged = [d for d in (read_diagnostics(r.path, list(r.per_task)) for r in runs) if d is not None and d.components]
+        if logged:
+            out[label] = aggregate_diagnostics(label, logged)
+    return out
 
 
 def report(roots: list[Path], out: Path | None = None, json_path: Path | None = None) -> list[MethodStats]:
@@ -291,6 +487,7 @@ def report(roots: list[Path], out: Path | None = None, json_path: Path | None = 
         raise ValueError(f"no run directories with evaluations under {', '.join(map(str, roots))}")
     groups = group_runs(runs)
     stats = [method_stats(label, group) for label, group in sorted(groups.items())]
+    poi_rows = compare_methods(stats)
     header, rows = _main_table(stats)
     widths = [max(len(header[i]), 10) for i in range(len(header))]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
@@ -304,9 +501,28 @@ def report(roots: list[Path], out: Path | None = None, json_path: Path | None = 
                [[s.label, t, s.per_task_best[t], s.per_task_final[t]] for s in stats for t in tasks if t in s.per_task_best])
     _write_csv(out / "runs.csv", ["method", "seed", "best", "final", "path"],
                [[label, r.seed, float(r.mean_curve.max()), float(r.mean_curve[-1]), str(r.path)] for label, g in sorted(groups.items()) for r in g])
+    _write_csv(out / "poi.csv", ["x", "y", "p_x_better", "ci_low", "ci_high"], [list(r) for r in poi_rows])
+    profiles = _profiles(stats)
+    _write_csv(out / "profiles.csv", ["method", "tau", "fraction_above", "ci_low", "ci_high"],
+               [[label, float(tau), float(p[i]), float(lo[i]), float(hi[i])]
+                for label, (p, lo, hi) in sorted(profiles.items()) for i, tau in enumerate(PROFILE_TAUS)])
     _plot_curves(groups, out / "curves.png")
     _plot_per_task(stats, out / "per_task.png")
-    (out / "report.md").write_text(_markdown(stats))
+    _plot_profiles(profiles, out / "profiles.png")
+    diags = _diagnostics(groups)
+    figures: dict[str, dict[str, str]] = {}
+    if diags:
+        plot_conflict(diags, out / "conflict.png")
+        plot_served(diags, {s.label: s.per_task_final for s in stats}, out / "served.png")
+        for label, d in diags.items():
+            figures[label] = {}
+            if plot_cosines(d, out / f"cos_{file_label(label)}.png"):
+                figures[label]["cosines"] = f"cos_{file_label(label)}.png"
+            if plot_weights(d, out / f"weights_{file_label(label)}.png"):
+                figures[label]["weights"] = f"weights_{file_label(label)}.png"
+        (out / "diagnostics.json").write_text(json.dumps({label: d.as_json() for label, d in diags.items()}, indent=2) + "\n")
+        print(f"gradient diagnostics from {sum(d.n_runs for d in diags.values())} runs of {len(diags)} methods")
+    (out / "report.md").write_text(_markdown(stats, poi_rows, diags, figures))
     payload = {s.label: s.as_json() for s in stats}
     if json_path is not None:
         Path(json_path).write_text(json.dumps(payload, indent=2) + "\n")

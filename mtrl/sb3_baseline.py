@@ -100,7 +100,8 @@ def train_sb3(
         rate = float(result.success_rate[0])
         rates.append(rate)
         logger.log_eval(step, [rate])
-        logger.log(step, {"eval/mean_success": rate, "time/elapsed_s": time.perf_counter() - start})
+        logger.log(step, {"eval/mean_success": rate, "eval/mean_return": float(result.mean_return[0]),
+                          "time/elapsed_s": time.perf_counter() - start})
         write_status(run_dir, "running", step, total_steps)
 
     class EvalCallback(BaseCallback):

@@ -99,7 +99,9 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
             raise ValueError(f"method {label!r}: the overlay must be a mapping or a list of key=value, got {overlay!r}")
         sets = _overlay_to_sets(overlay) if isinstance(overlay, dict) else [str(s) for s in overlay or []]
         for seed in seeds:
-            overrides = (*common, *sets, f"seed={seed}")
+            # W&B (train.wandb, when on) groups a sweep's runs by method, one name per seed
+            tracking = (f"train.wandb.group={json.dumps(str(label))}", f"train.wandb.name={json.dumps(f'{label}-seed{seed}')}")
+            overrides = (*tracking, *common, *sets, f"seed={seed}")
             try:
                 config_from_dict(apply_overrides(base_data, list(overrides)))
             except ConfigError as err:

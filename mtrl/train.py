@@ -31,12 +31,14 @@ from mtrl import checkpoint as ckpt
 from mtrl.aggregators import Aggregator, make
 from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
 from mtrl.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
-from mtrl.evaluate import evaluate
+from mtrl.evaluate import EvalResult, evaluate
 from mtrl.jacobian import configure_allocator
-from mtrl.metrics import MetricsLogger, ProgressLine, read_status, truncate_metric_files, write_status
+from mtrl.metrics import MetricsLogger, ProgressLine, read_metrics, read_status, truncate_metric_files, write_status
 from mtrl.replay import Batch, MultiTaskReplay
+from mtrl.tracking import open_logger
+from mtrl.video import TrainingVideos
 
-__all__ = ["RunResult", "resolve_device", "train", "MEANING_KEYS"]
+__all__ = ["RunResult", "checkpoint_policy", "evaluate_run", "resolve_device", "train", "MEANING_KEYS"]
 
 #: Config keys that define what a run *is*; resuming with other values is refused unless forced.
 MEANING_KEYS = (
@@ -219,7 +221,7 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool
         state, path = ckpt.load_latest(run_dir)
         print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
         return state
-    for name in ("metrics.jsonl", "eval.csv"):  # a run killed before its first checkpoint restarts clean
+    for name in ("metrics.jsonl", "diagnostics.jsonl", "eval.csv"):  # a run killed before its first checkpoint restarts clean
         (run_dir / name).unlink(missing_ok=True)
     return None
 
@@ -285,7 +287,8 @@ def train(
     action_low = torch.as_tensor(env.action_low, dtype=torch.float32)
     action_high = torch.as_tensor(env.action_high, dtype=torch.float32)
 
-    start_step, update_step, episodes, skipped = 0, 0, 0, {"critic": 0, "actor": 0}
+    start_step, update_step, episodes = 0, 0, 0
+    skipped = {"critic": torch.zeros((), device=device), "actor": torch.zeros((), device=device)}  # running totals
     perf: torch.Tensor | None = None
     last_success: float | None = None
     obs = env.reset()
@@ -309,12 +312,13 @@ def train(
         cpu_gen.set_state(state["generators"]["cpu"])
         _set_rng_state(state["rng"])
         start_step, update_step, episodes = state["step"], state["update_step"], state["episodes"]
-        skipped = dict(state["skipped"])
+        skipped = {key: torch.tensor(float(n), device=device) for key, n in state["skipped"].items()}
         perf = state.get("perf")
         last_success = state.get("last_success")
+    videos = TrainingVideos(cfg, env.task_names, run_dir)  # train.video_every; checks rendering works
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config or env error leaves no directory behind
     save_config(cfg, run_dir / "config.yaml")
-    logger = MetricsLogger(run_dir, env.task_names, tensorboard=tcfg.tensorboard)
+    logger = open_logger(MetricsLogger(run_dir, env.task_names, tensorboard=tcfg.tensorboard), cfg, run_dir)  # + W&B
     progress = ProgressLine(tcfg.total_steps, start_step, enabled=tcfg.progress)
     progress.last_success = last_success
     write_status(run_dir, "running", start_step, tcfg.total_steps)
@@ -324,7 +328,7 @@ def train(
             "step": step,
             "update_step": update_step,
             "episodes": episodes,
-            "skipped": dict(skipped),
+            "skipped": {key: int(total) for key, total in skipped.items()},
             "perf": perf,
             "last_success": last_success,
             "agent": agent.training_state(),
@@ -370,6 +374,7 @@ def train(
                 extra[f"{key}/omega"] = [float(w) for w in omega]
                 extra[f"{key}/tau"] = tau
         logger.log(step, extra)
+        videos.maybe_record(step, policy, logger)
 
     # ---- the loop --------------------------------------------------------------------------
     stop = _StopFlag()
@@ -396,8 +401,8 @@ def train(
                     window_success.extend(result.episode_success[result.episode_done].astype(float).tolist())
                 timings["collect"] += time.perf_counter() - t0
 
-                # one gradient update
-                update_metrics: dict[str, float] = {}
+                # one gradient update; its metrics stay on the device until the next log line
+                update_metrics: dict[str, Any] = {}
                 if step >= tcfg.warmup_steps:
                     t0 = time.perf_counter()
                     batch = replay.sample(tcfg.batch_size // K)
@@ -413,23 +418,25 @@ def train(
                         aggregator_generator=cpu_gen,
                         temperature_agg=temperature_agg,
                         hyper_batches=hyper_batches if ready else None,
+                        diagnostics=(step + 1) % tcfg.log_every == 0,  # gradient diagnostics on log steps
                     )
                     for key in skipped:
-                        skipped[key] += int(update_metrics.get(f"skipped_{key}", 0))
+                        skipped[key] = skipped[key] + update_metrics.get(f"skipped_{key}", 0.0)
                     update_step += 1
                     timings["update"] += time.perf_counter() - t0
                 step += 1
 
                 if step % tcfg.log_every == 0:
                     elapsed = sum(timings.values())
+                    # the one read of device values per log line: the last update's metrics and the skip totals
+                    values = read_metrics({**update_metrics, **{f"train/skipped_{k}": n for k, n in skipped.items()}})
                     logger.log(
                         step,
                         {
-                            **update_metrics,
+                            **values,
+                            **{f"train/skipped_{k}": int(values[f"train/skipped_{k}"]) for k in skipped},
                             "train/episodes": episodes,
                             "train/success": float(np.mean(window_success)) if window_success else None,
-                            "train/skipped_critic": skipped["critic"],
-                            "train/skipped_actor": skipped["actor"],
                             "time/collect_s": timings["collect"],
                             "time/update_s": timings["update"],
                             "time/steps_per_s": tcfg.log_every / max(elapsed, 1e-9),
@@ -446,6 +453,7 @@ def train(
                     break
         except BaseException:
             progress.close()
+            videos.close()
             logger.close()
             write_status(run_dir, "failed", step, tcfg.total_steps)
             raise
@@ -454,6 +462,7 @@ def train(
     path = save(step)
     progress.update(step, force=True)
     progress.close()
+    videos.close()
     logger.close()
     if envs is None:
         env.close()
@@ -471,23 +480,30 @@ def train(
     return RunResult(run_dir, step, interrupted, last_success)
 
 
-def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto", goals: str | None = None) -> list[float]:
-    """Evaluate the newest valid checkpoint of ``run_dir``; print and return per-task success.
-
-    ``goals``: "train" or "heldout" (as ``env.eval_goals``); default the run's ``env.eval_goals``
-    ("train" for runs written before that key existed: the training goals)."""
-    state, path = ckpt.load_latest(run_dir)
+def checkpoint_policy(state: dict[str, Any], obs_dim: int, action_dim: int, num_tasks: int, device: str) -> Any:
+    """The deterministic policy of a loaded checkpoint: observations [K, obs_dim] -> actions [K, A] (numpy)."""
     cfg = config_from_dict(state["config"])
     torch_device = resolve_device(device)
-    goals = cfg.env.eval_goals if goals is None else goals
-    env = make_env(cfg, cfg.seed + 20_000, evaluation=True, goal_seed=eval_goal_seed(cfg, goals))
-    agent = MTSAC(env.obs_dim, env.action_dim, env.num_tasks, cfg.agent, device=torch_device)
+    agent = MTSAC(obs_dim, action_dim, num_tasks, cfg.agent, device=torch_device)
     agent.load_training_state(state["agent"])
 
     def policy(o: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return agent.act(torch.as_tensor(o, device=torch_device), deterministic=True).cpu().numpy()
 
+    return policy
+
+
+def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto", goals: str | None = None) -> EvalResult:
+    """Evaluate the newest valid checkpoint of ``run_dir``; print per-task success and return the result.
+
+    ``goals``: "train" or "heldout" (as ``env.eval_goals``); default the run's ``env.eval_goals``
+    ("train" for runs written before that key existed: the training goals)."""
+    state, path = ckpt.load_latest(run_dir)
+    cfg = config_from_dict(state["config"])
+    goals = cfg.env.eval_goals if goals is None else goals
+    env = make_env(cfg, cfg.seed + 20_000, evaluation=True, goal_seed=eval_goal_seed(cfg, goals))
+    policy = checkpoint_policy(state, env.obs_dim, env.action_dim, env.num_tasks, device)
     result = evaluate(policy, env, episodes)
     env.close()
     rates = [float(x) for x in result.success_rate]
@@ -495,4 +511,4 @@ def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto", goals:
     for name, rate in zip(env.task_names, rates):
         print(f"  {name:32s} {rate:.3f}")
     print(f"  {'mean':32s} {float(np.mean(rates)):.3f}")
-    return rates
+    return result

@@ -115,7 +115,7 @@ def test_cagrad_fast_builds_reduced_rows_and_every_temperature_moves():
     (rows, groups), = seen  # one sampled task + the mean row of the other two
     assert rows == 2 and [g.numel() for g in groups] == [1, 2]
     assert sorted(int(k) for g in groups for k in g) == list(range(K))
-    assert "skipped_critic" not in metrics and "skipped_actor" not in metrics
+    assert float(metrics["skipped_critic"]) == 0 and float(metrics["skipped_actor"]) == 0
     assert bool((agent.log_alpha.detach() != before).all())  # the temperature saw every task's log-prob
 
 
@@ -131,18 +131,29 @@ def test_max_norm_clips_the_shared_direction():
     assert float(torch.cat([via_g[n].reshape(-1) for n in shared]).norm()) <= 1e-3 * (1 + 1e-4)
 
 
+@pytest.mark.parametrize("adam", ["fused", "foreach"])
 @pytest.mark.parametrize("method", ["ls", "nashmtl"])
-def test_non_finite_loss_skips_the_step_and_leaves_the_critic_unchanged(method):
-    agent = make_agent()
+def test_non_finite_loss_skips_the_step_and_leaves_the_critic_unchanged(method, adam):
+    torch.manual_seed(0)
+    agent = MTSAC(OBS, ACT, K, AgentConfig(hidden_dim=16, num_layers=2, adam=adam))
+    assert bool(agent.critic_optimizer.defaults["fused"]) == (adam == "fused")
+    critic, actor = make(method, K), make(method, K)
+    agent.update(make_batch(1), 0, critic, actor, generator=torch.Generator().manual_seed(0))  # Adam state exists
     critic_before = copy.deepcopy(agent.critic.state_dict())
+    optimizer_before = copy.deepcopy(agent.critic_optimizer.state_dict())
+    actor_before = copy.deepcopy(agent.actor.state_dict())
     batch = make_batch()
     batch.reward[1, 0] = float("nan")
-    metrics = agent.update(batch, 0, make(method, K), make(method, K), generator=torch.Generator().manual_seed(0))
-    assert metrics["skipped_critic"] == 1
+    metrics = agent.update(batch, 1, critic, actor, generator=torch.Generator().manual_seed(0))
+    assert float(metrics["skipped_critic"]) == 1
     for name, value in agent.critic.state_dict().items():
         assert torch.equal(value, critic_before[name]), name
+    for key, value in agent.critic_optimizer.state_dict()["state"].items():  # moments and step count too
+        for field, tensor in value.items():
+            assert torch.equal(tensor, optimizer_before["state"][key][field]), (key, field)
     # the actor's loss does not read the reward: its step still ran
-    assert "skipped_actor" not in metrics
+    assert float(metrics["skipped_actor"]) == 0
+    assert any(not torch.equal(v, actor_before[n]) for n, v in agent.actor.state_dict().items())
 
 
 def test_acting_is_deterministic_without_noise_and_in_range():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks import aggregators, collect, jacobian, update
 
@@ -18,6 +19,19 @@ def test_aggregator_benchmark_runs_and_writes_ratios(tmp_path):
     assert {"gram", "nashmtl", "cagrad", "ls"} <= set(methods)
     assert all("ratio" in m for m in methods.values())
     assert all("ratio" in t for t in data["sizes"]["3"]["targets"])
+
+
+def test_aggregator_benchmark_vs_torchjd_writes_ratios_and_agrees_with_it(tmp_path):
+    pytest.importorskip("torchjd")
+    pytest.importorskip("ecos")  # TorchJD's NashMTL solver (the `bench` extra installs it)
+    out = tmp_path / "vs.json"
+    assert aggregators.main(["--vs", "torchjd", "--sizes", "3", "--params", "500", "--repeats", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    methods = data["sizes"]["3"]["methods"]
+    assert set(methods) == set(aggregators.TORCHJD_PAIRS) and "pivrg" in data["torchjd_lacks"]
+    assert all(m["ratio"] > 0 and m["torchjd_ms"] > 0 for m in methods.values())
+    # each pair computes the same method (PCGrad's random orders differ between the libraries)
+    assert all(m["cosine"] > 0.999 for name, m in methods.items() if name != "pcgrad")
 
 
 def test_jacobian_benchmark_runs(tmp_path):
@@ -36,6 +50,17 @@ def test_update_benchmark_runs(tmp_path):
     data = json.loads(out.read_text())
     methods = data["sizes"]["3"]["methods"]
     assert methods["nashmtl"]["ratio"] > 0 and methods["cagrad(loop)"]["ratio"] > 0
+    diagnostics = data["sizes"]["3"]["diagnostics"]  # the cost of a log step's gradient diagnostics
+    assert set(diagnostics) == {"ls", "nashmtl"} and all("amortised_fraction_of_ls" in d for d in diagnostics.values())
+
+
+def test_update_profile_counts_syncs_and_ops(tmp_path):
+    out = tmp_path / "profile.json"
+    argv = ["--profile", "--sizes", "3", "--batch", "8", "--hidden", "16", "--methods", "ls", "nashmtl", "--json", str(out)]
+    assert update.main(argv) == 0
+    profile = json.loads(out.read_text())["profile"]
+    assert profile["ls"]["syncs_per_update"] == 0 and profile["nashmtl"]["syncs_per_update"] == 2  # the two Gram matrices
+    assert profile["nashmtl"]["ops_per_update"] > profile["ls"]["ops_per_update"] > 0
 
 
 def test_collect_benchmark_runs(tmp_path):
@@ -57,3 +82,25 @@ def test_compute_bound_speedup_is_set_by_the_slowest_worker():
     assert collect.compute_bound_speedup(np.ones(10), 2) == 2.0
     assert collect.compute_bound_speedup(np.ones(10), 16) == 10.0  # at most one worker per task
     assert collect.compute_bound_speedup(np.array([3.0, 1.0, 1.0, 1.0]), 2) == 1.5  # tasks 0, 2 | 1, 3
+
+
+def test_auxinash_toy_study_runs_each_kind_of_reading():
+    from benchmarks import auxinash_toy
+
+    for name in ["paper", "train_same_val_held_out_exact", "P10_val_same_batch", "init_far_stl"]:
+        result = auxinash_toy.run(auxinash_toy.READINGS[name], seed=0, epochs=2)
+        assert result["main_test_excess"] >= 0 and 0 <= result["fallback_fraction"] <= 1
+        if auxinash_toy.READINGS[name].method == "auxinash":
+            assert abs(sum(result["final_p"]) - 1) < 1e-9 and result["hypersteps"] + result["hyper_skipped"] == 0
+
+
+@pytest.mark.slow
+def test_auxinash_toy_harmful_preference_decays_in_the_reading_that_reproduces_it():
+    """[AN §6.1, Fig. 1] in the one reading of App. D.1 where the decay reproduces in every seed
+    (docs/aggregators.md): L_T of the hypergradient on the inner step's own batch, L_V on a large
+    held-out set, the exact inverse Hessian. The harmful task ends at the floor, below both others."""
+    from benchmarks import auxinash_toy
+
+    result = auxinash_toy.run(auxinash_toy.READINGS["train_same_val_held_out_exact"], seed=1, epochs=1000)
+    assert auxinash_toy.decays(result), result["final_p"]
+    assert result["final_p"][2] < 1e-3 and result["hypersteps"] >= 150

@@ -42,6 +42,10 @@ def test_every_registry_method_has_an_mt10_config():
         ({"aggregator": {"name": "nash"}}, "unknown aggregator 'nash'; registered: auxilearn, auxinash, cagrad"),
         ({"aggregator": {"name": "nashmtl", "options": {"T": 5}}}, "unknown option(s) ['T'] for aggregator 'nashmtl'; accepted: update_every"),
         ({"aggregator": {"name": "cagrad", "options": {"c": -1}}}, "invalid value -1 for option 'c'"),
+        ({"train": {"wandb": {"mode": "on"}}}, "train.wandb.mode must be one of disabled, offline, online; got 'on'"),
+        ({"train": {"wandb": {"mode": "offline"}}}, "train.wandb.project must be set when train.wandb.mode is 'offline'"),
+        ({"train": {"wandb": {"projekt": "x"}}}, "unknown key 'train.wandb.projekt'; valid keys: mode, project"),
+        ({"train": {"video_every": 15000}}, "train.video_every (15000) must be 0 or a multiple of train.eval_every (10000)"),
     ],
 )
 def test_bad_config_names_the_key_and_the_allowed_values(data, message):

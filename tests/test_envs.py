@@ -22,7 +22,7 @@ from metaworld.policies import ENV_POLICY_MAP
 from envs.metaworld import MAX_PATH_LENGTH, MultiTaskEnv, _plain_attributes, _same, _sim_state, benchmark_task_names
 from envs.synthetic import PointMassEnv
 from mtrl.evaluate import evaluate
-from tests.helpers import through_torch_save
+from tests.helpers import reach_controller, through_torch_save
 
 MT10_ORDER = [
     "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
@@ -66,12 +66,6 @@ def raw_twin(name: str, tasks: list, first_obs: np.ndarray):
     twin.set_task(match)
     twin.reset()
     return twin
-
-
-def reach_controller(obs: np.ndarray) -> np.ndarray:
-    """Move the reach hand (obs[:3]) straight to the goal (obs[36:39]); works row-wise on [K, 39]."""
-    move = np.clip(10.0 * (obs[..., 36:39] - obs[..., :3]), -1.0, 1.0)
-    return np.concatenate([move, np.zeros_like(move[..., :1])], axis=-1).astype(np.float32)
 
 
 MT10_EPISODE = 60  # the experts of noisy_experts need about that long to succeed

@@ -35,5 +35,7 @@ def test_sb3_sac_writes_an_eval_csv_that_report_reads(tmp_path):
     assert [int(r["step"]) for r in rows] == [150, 300]
     assert list(rows[0]) == ["step", "mean_success", "reach-v3"]
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged if "eval/mean_return" in row] == [150, 300]  # like mtrl train
     groups = group_runs(find_runs([tmp_path]))
     assert list(groups) == ["sb3_sac"] and groups["sb3_sac"][0].seed == 0

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_int, check_option, check_positive_or_none, clip_direction, is_int, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_int, check_option, check_positive_or_none, combine, is_int, is_number
 from mtrl.aggregators.hypergrad import implicit_hypergradient
 
 __all__ = ["AuxiLearn"]
@@ -173,8 +173,8 @@ class AuxiLearn(Aggregator):
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
         weights = self.weights_without_jacobian(ctx)
-        direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
-        return Aggregation(direction, weights, {**self.log_info(), "norm": norm})
+        direction, norm, coefficients = combine(G, weights, self.max_norm)
+        return Aggregation(direction, weights, {**self.log_info(), "norm": norm}, coefficients)
 
     def log_info(self) -> dict[str, float]:
         """Floats to log every step: counters and the latest outer step's figures."""

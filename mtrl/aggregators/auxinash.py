@@ -5,19 +5,28 @@ Newton solver as Nash-MTL with c = p (``d = G^T alpha``, ``g_i^T d = p_i / alpha
 ``||d||^2 = sum p``). Preferences use the released code's convention ``sum p = K`` (uniform
 p = 1 gives exactly Nash-MTL's alpha; the outer learning rate was tuned for it, spec §2.2.1).
 
-Outer step (every ``hyper_every`` = N_p calls, when ``learn_preferences``): the implicit
-hypergradient of the validation loss [AN Eqs. 4-6]
+Outer step, in the order of Algorithm 1 [AN Alg 1]: after every ``hyper_every`` = N_p inner
+steps, i.e. after the N_p-th call AND the parameter update the trainer makes with its direction,
+the preferences take one step on the implicit hypergradient of the validation loss [AN Eqs. 4-6]
 
     grad_p L_V = (grad_alpha L_V)^T (M + diag(p / alpha^2))^-1 diag(1 / alpha),
     grad_alpha L_V = -G' q,   q = Neumann(H, grad_theta L_V)   (``hypergrad.py``)
 
-with alpha and M from this call's exact solve, ``G'`` and ``H`` from ``L_T = sum alpha_i loss_i``
-on a fresh batch (``ctx.hyper.train_losses``), ``L_V`` = ``ctx.hyper.val_loss`` (the main task's
-loss on another fresh batch, or, with no main task, the mean loss: an extension labelled in
-spec §2.2.8). Then the gradient is clipped to norm ``grad_clip``, p takes one SGD step with
-momentum, is floored at ``pref_floor`` and renormalised to sum K (spec §2.2.3 defaults). A call
-whose alpha came from a fallback, or whose hypergradient is not finite, skips the outer step.
-The outer step never touches the model parameters: it only reads gradients.
+with alpha and M of the N_p-th call (the last solve, as the released code does), ``G'`` and ``H``
+from ``L_T = sum alpha_i loss_i`` on a fresh batch (``ctx.hyper.train_losses``) and ``L_V`` =
+``ctx.hyper.val_loss`` (the main task's loss on another fresh batch, or, with no main task, the
+mean loss: an extension labelled in spec §2.2.8), both at the updated parameters. Since the update
+happens between two calls, the step is taken at the start of the next call, before its solve,
+which then uses the new preferences; the alpha, M and task ids it needs are kept in the state
+(``outer_*``), so a checkpoint between the two calls resumes exactly. Then the gradient is
+clipped to norm ``grad_clip``, p takes one SGD step with momentum, is floored at ``pref_floor``
+and renormalised to sum K (spec §2.2.3 defaults). The step is taken every N_p steps
+unconditionally, also when the N_p-th call's alpha came from the Nash fallback (see
+docs/aggregators.md for what that does to the hypergradient; ``skip_after_fallback=True`` skips
+those steps instead, as spec §2.2.5 proposed); it is skipped only when it cannot be computed: no
+closures (``ctx.hyper`` None), other task rows than the N_p-th call's, or a non-finite
+hypergradient (``hyper_skipped`` counts them). The outer step never touches the model
+parameters: it only reads gradients.
 
 ``main_preference=s`` fixes the main task's share of the preferences to s (the paper's
 fixed-preference ablation, p_main in {0.7, 0.8, 0.9} of the total, the rest split equally); with
@@ -34,7 +43,7 @@ from mtrl.aggregators import register
 from mtrl.aggregators.base import AggContext, Aggregation, check_bool, check_int, check_option, check_positive_or_none, is_number
 from mtrl.aggregators.fixed_point import FixedPointWeighting
 from mtrl.aggregators.hypergrad import implicit_hypergradient
-from mtrl.aggregators.solvers import gram, weights_derivative
+from mtrl.aggregators.solvers import gram, gram_tolerance, weights_derivative
 
 __all__ = ["AuxiNash"]
 
@@ -43,7 +52,10 @@ __all__ = ["AuxiNash"]
 class AuxiNash(FixedPointWeighting):
     name = "auxinash"
     uses_hyper = True
-    state_attributes = ("alpha", "step", "preference", "momentum", "initialised", "hypersteps", "hyper_skipped", "last_hyper")
+    state_attributes = (
+        "alpha", "step", "preference", "momentum", "initialised", "hypersteps", "hyper_skipped", "last_hyper",
+        "outer_pending", "outer_alpha", "outer_gram", "outer_task_ids", "outer_after_fallback",
+    )
 
     def __init__(
         self,
@@ -57,11 +69,13 @@ class AuxiNash(FixedPointWeighting):
         grad_clip: float = 1.0,
         pref_floor: float = 1e-4,
         main_preference: float | None = None,
+        skip_after_fallback: bool = False,
         max_norm: float | None = 1.0,
         scale_by_K: bool = False,
     ) -> None:
         super().__init__(num_tasks, max_norm=max_norm, scale_by_K=scale_by_K)
         check_bool("learn_preferences", learn_preferences)
+        check_bool("skip_after_fallback", skip_after_fallback)
         check_int("hyper_every", hyper_every, 1)
         check_option("meta_lr", meta_lr, is_number(meta_lr) and meta_lr > 0, "a positive number")
         check_option("meta_momentum", meta_momentum, is_number(meta_momentum) and 0 <= meta_momentum < 1, "a number in [0, 1)")
@@ -74,12 +88,19 @@ class AuxiNash(FixedPointWeighting):
         self.meta_lr, self.meta_momentum = float(meta_lr), float(meta_momentum)
         self.neumann_terms, self.neumann_lr = neumann_terms, float(neumann_lr)
         self.grad_clip, self.pref_floor, self.main_preference = grad_clip, float(pref_floor), main_preference
+        self.skip_after_fallback = skip_after_fallback
         self.preference = torch.ones(num_tasks, dtype=torch.float64)  # sum K
         self.momentum = torch.zeros(num_tasks, dtype=torch.float64)
         self.initialised = False
         self.hypersteps = 0
         self.hyper_skipped = 0
         self.last_hyper: dict[str, float] = {}  # floats of the latest outer step, logged every step
+        # what the outer step due after the N_p-th call needs (Algorithm 1: it follows that call's update)
+        self.outer_pending = False
+        self.outer_alpha: Tensor | None = None  # [rows] float64, the N_p-th call's weights
+        self.outer_gram: Tensor | None = None  # [rows, rows] float64, its Gram matrix
+        self.outer_task_ids: Tensor | None = None  # [rows] its global task ids
+        self.outer_after_fallback = False  # its weights came from the Nash fallback
 
     # ---- preferences -------------------------------------------------------------------------
     def _initialise(self, ctx: AggContext) -> None:
@@ -105,24 +126,41 @@ class AuxiNash(FixedPointWeighting):
         if not self.initialised:
             self._initialise(ctx)
         task_ids = torch.as_tensor(ctx.task_ids).long().cpu()
+        outer_info = self.outer_step(ctx) if self.outer_pending else {}
         M = gram(G)
-        alpha, info = self.solve_and_store(M, ctx, task_ids)
-        out = self.finish(G, torch.from_numpy(alpha), info)
+        alpha, info = self.solve_and_store(M, ctx, task_ids, gram_tolerance(G.dtype))
+        out = self.finish(G, torch.from_numpy(alpha), info, M)
         if self.learn_preferences and len(task_ids) > 1 and self.step % self.hyper_every == 0:
-            if info["fallback_used"] or ctx.hyper is None:
-                self.hyper_skipped += 1
-            else:
-                out.info.update(self.hyperstep(M, alpha, ctx, task_ids))
+            self.outer_pending = True  # taken at the start of the next call, after the trainer's update
+            self.outer_alpha, self.outer_gram = torch.from_numpy(alpha.copy()), torch.from_numpy(M.copy())
+            self.outer_task_ids, self.outer_after_fallback = task_ids.clone(), bool(info["fallback_used"])
         p = self.preference[task_ids]
         out.info.update(self.last_hyper)
+        out.info.update(outer_info)
         out.info.update(pref_min=float(p.min()), pref_max=float(p.max()), hypersteps=float(self.hypersteps))
         if ctx.main_task is not None:
             out.info["pref_main"] = float(self.preference[ctx.main_task])
         return out
 
+    def outer_step(self, ctx: AggContext) -> dict[str, float]:
+        """The preference update due after the last N_p-th call [AN Alg 1], with that call's alpha
+        and M, at the current (updated) parameters; returns logging floats."""
+        self.outer_pending = False
+        task_ids = self.outer_task_ids
+        current = torch.as_tensor(ctx.task_ids).long().cpu()
+        cannot = ctx.hyper is None or not torch.equal(current, task_ids)  # the closures give the current rows
+        if cannot or (self.skip_after_fallback and self.outer_after_fallback):
+            self.hyper_skipped += 1
+            return {"hyper_skipped": 1.0}
+        info = self.hyperstep(self.outer_gram.numpy(), self.outer_alpha.numpy(), ctx, task_ids)
+        info["hyper_after_fallback"] = float(self.outer_after_fallback)
+        return info
+
     def preference_gradient(self, M: np.ndarray, alpha: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[Tensor, dict[str, float]]:
         """grad_p L_V [AN Eq. 6] for the rows ``task_ids``, with the Neumann convention of
-        ``hypergrad.py`` (no eta factor); alpha must solve ``M alpha = p / alpha``."""
+        ``hypergrad.py`` (no eta factor). Prop 4.2 needs alpha to solve ``M alpha = p / alpha``;
+        for fallback weights the same formula is evaluated at a point that is not a solution
+        (finite, since ``M + diag(p / alpha^2)`` is positive definite for alpha > 0)."""
         hyper = ctx.hyper
         dtype = hyper.params[0].dtype
         alpha_leaf = torch.tensor(alpha, dtype=dtype, device=hyper.params[0].device, requires_grad=True)

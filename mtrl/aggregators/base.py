@@ -20,10 +20,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["AggContext", "Aggregation", "Aggregator", "check_gradient_matrix", "clip_direction", "raise_if_non_finite"]
+__all__ = ["AggContext", "Aggregation", "Aggregator", "check_gradient_matrix", "combine", "raise_if_non_finite"]
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,18 @@ class Aggregation:
         weights: [K] float64 on the CPU when the method is a weighting of the rows of ``G``
             (``direction == weights @ G`` before clipping), else None.
         info: floats for logging: solver iterations, residual, ``fallback_used``, ...
+        coefficients: [rows] float64 on the CPU with ``direction == coefficients @ G`` exactly as
+            returned (clipping and any x K included), for every method whose direction is a
+            combination of the rows of G (all of the registry); None otherwise. The trainer's
+            gradient diagnostics read it: with ``gram`` they need no pass over G.
+        gram: ``M = G G^T`` [rows, rows] float64 on the CPU when the method computed it, else None.
     """
 
     direction: Tensor
     weights: Tensor | None = None
     info: dict[str, float] = field(default_factory=dict)
+    coefficients: Tensor | None = None
+    gram: Tensor | None = None
 
 
 def check_gradient_matrix(G: Tensor, values: bool = True) -> None:
@@ -94,12 +102,29 @@ def raise_if_non_finite(G: Tensor) -> None:
         raise ValueError(f"G has non-finite entries (NaN or Inf) in rows {bad}")
 
 
-def clip_direction(direction: Tensor, max_norm: float | None) -> tuple[Tensor, float]:
-    """Scale ``direction`` down to norm ``max_norm`` (like ``clip_grad_norm_``); return it and its norm before."""
+def combine(
+    G: Tensor, coefficients: Tensor | np.ndarray, max_norm: float | None, M: np.ndarray | None = None
+) -> tuple[Tensor, float, Tensor]:
+    """``d = c @ G`` scaled down to norm ``max_norm`` (like ``clip_grad_norm_``).
+
+    Returns ``(direction, norm before clipping, c after clipping)``. With ``M`` (the Gram matrix of
+    G's rows, float64 on the CPU) the norm is ``sqrt(c^T M c)`` and the clip scale is folded into
+    the coefficients, so nothing is read back from G's device (DESIGN §8: the only host transfer of
+    a G-based step is the K x K Gram matrix). Without ``M`` the norm of ``c @ G`` is read from the
+    device (one sync; only the loss-weighting methods, which the trainer never sends down the G
+    path, take it)."""
+    c = np.asarray(coefficients.numpy() if isinstance(coefficients, Tensor) else coefficients, dtype=np.float64)
+    if M is not None:
+        norm = float(np.sqrt(max(float(c @ M @ c), 0.0)))
+        if max_norm is not None and norm > max_norm:
+            c = c * (max_norm / (norm + 1e-12))
+        return torch.from_numpy(c).to(G) @ G, norm, torch.from_numpy(c)
+    direction = torch.from_numpy(c).to(G) @ G
     norm = float(torch.linalg.vector_norm(direction))
     if max_norm is not None and norm > max_norm:
-        direction = direction * (max_norm / (norm + 1e-12))
-    return direction, norm
+        scale = max_norm / (norm + 1e-12)
+        direction, c = direction * scale, c * scale
+    return direction, norm, torch.from_numpy(c)
 
 
 class Aggregator:
@@ -138,10 +163,10 @@ class Aggregator:
 
     def __call__(self, G: Tensor, ctx: AggContext) -> Aggregation:
         check_gradient_matrix(G, values=not self.checks_values_in_gram)
-        task_ids = torch.as_tensor(ctx.task_ids).long().cpu()
-        if ctx.row_groups is None and task_ids.numel() != G.shape[0]:
-            raise ValueError(f"ctx.task_ids has {task_ids.numel()} entries but G has {G.shape[0]} rows")
-        if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= self.num_tasks):
+        task_ids = torch.as_tensor(ctx.task_ids).long().cpu().numpy()  # host values: no device read
+        if ctx.row_groups is None and task_ids.size != G.shape[0]:
+            raise ValueError(f"ctx.task_ids has {task_ids.size} entries but G has {G.shape[0]} rows")
+        if task_ids.size and (task_ids.min() < 0 or task_ids.max() >= self.num_tasks):
             raise ValueError(f"task ids must lie in [0, {self.num_tasks}), got {task_ids.tolist()}")
         return self.aggregate(G, ctx)
 
@@ -264,8 +289,8 @@ class LossWeighting(Aggregator):
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
         weights = self._weights(ctx)
-        direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
-        return Aggregation(direction, weights, {"norm": norm})
+        direction, norm, coefficients = combine(G, weights, self.max_norm)
+        return Aggregation(direction, weights, {"norm": norm}, coefficients)
 
     @staticmethod
     def require_losses(ctx: AggContext, name: str) -> Tensor:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, clip_direction, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, combine, is_number
 from mtrl.aggregators.solvers import cagrad_dual_exact, cagrad_dual_sgd, gram
 
 RESCALE = {0: lambda c: 1.0, 1: lambda c: 1.0 + c**2, 2: lambda c: 1.0 + c}
@@ -67,7 +67,8 @@ class CAGrad(Aggregator):
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
         K = G.shape[0]
-        weights, info = cagrad_weights(gram(G), np.full(K, 1.0 / K), self.c, self.solver)
+        M = gram(G)
+        weights, info = cagrad_weights(M, np.full(K, 1.0 / K), self.c, self.solver)
         weights = torch.from_numpy(weights / RESCALE[self.rescale](self.c))
-        direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
-        return Aggregation(direction, weights, {**info, "norm": norm})
+        direction, norm, coefficients = combine(G, weights, self.max_norm, M)
+        return Aggregation(direction, weights, {**info, "norm": norm}, coefficients, torch.from_numpy(M))

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, clip_direction, is_number
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, combine, is_number
 from mtrl.aggregators.cagrad import RESCALE, cagrad_weights
 from mtrl.aggregators.solvers import gram
 
@@ -71,16 +71,18 @@ class CAGradFast(Aggregator):
             T = np.zeros((len(groups), K))  # row j averages the rows of group j
             for j, group in enumerate(groups):
                 T[j, group.numpy()] = 1.0 / len(group)
-            M = T @ gram(G) @ T.T
+            M_rows = gram(G)
+            M = T @ M_rows @ T.T
         else:
             groups, M = ctx.row_groups, gram(G)
+            M_rows = M
         sizes = np.array([len(g) for g in groups], dtype=np.float64)
         b = sizes / K  # g0 = sum_j (|group_j| / K) row_j: exact mean gradient
         weights, info = cagrad_weights(M, b, self.c, self.solver)
         weights = torch.from_numpy(weights / RESCALE[self.rescale](self.c))
         if ctx.row_groups is None:
             weights = torch.from_numpy(weights.numpy() @ T)  # back to weights on the rows of G
-        direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
+        direction, norm, coefficients = combine(G, weights, self.max_norm, M_rows)
         info.update(norm=norm, num_rows=float(len(groups)))
         # with pseudo-rows in G there is no weighting of per-task rows to report
-        return Aggregation(direction, weights if ctx.row_groups is None else None, info)
+        return Aggregation(direction, weights if ctx.row_groups is None else None, info, coefficients, torch.from_numpy(M_rows))

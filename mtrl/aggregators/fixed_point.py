@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_gradient_matrix, check_int, check_positive_or_none, clip_direction
-from mtrl.aggregators.solvers import gram, positive_fixed_point
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_gradient_matrix, check_int, check_positive_or_none, combine
+from mtrl.aggregators.solvers import STATIONARY_TOL, gram, gram_tolerance, positive_fixed_point
 
 
 class FixedPointWeighting(Aggregator):
@@ -44,7 +44,7 @@ class FixedPointWeighting(Aggregator):
 
     # ---- Nash-MTL-T: reuse the stored weights between updates ------------------------------
     def needs_jacobian(self, step: int) -> bool:
-        return self.update_every == 1 or self.step % self.update_every == 0 or not bool((self.alpha > 0).any())
+        return self.update_every == 1 or self.step % self.update_every == 0 or not np.any(self.alpha.numpy() > 0)
 
     def weights_without_jacobian(self, ctx: AggContext) -> Tensor:
         self.step += 1
@@ -52,13 +52,18 @@ class FixedPointWeighting(Aggregator):
         return weights * len(weights) if self.scale_by_K else weights
 
     # ---- one aggregation -----------------------------------------------------------------------
-    def solve(self, M: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, dict[str, float]]:
-        """Weights for the rows of M, with fallbacks; does not touch the state."""
+    def solve(
+        self, M: np.ndarray, ctx: AggContext, task_ids: Tensor, stationary_tol: float = STATIONARY_TOL
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Weights for the rows of M, with fallbacks; does not touch the state. ``stationary_tol``:
+        the rounding level of M (``gram_tolerance`` of G's dtype), below which 0 counts as in the
+        convex hull of the rows and the solver stops early (``info["stationary"] = 1``)."""
         c, q = self.coefficients(ctx, task_ids)
         previous = self.alpha[task_ids].numpy()
         warm = previous if self.warm_start and np.all(previous > 0) else None
-        result = positive_fixed_point(M, c, q, alpha0=warm)
-        info = {"iterations": float(result.iterations), "residual": result.residual, "fallback_used": 0.0}
+        result = positive_fixed_point(M, c, q, alpha0=warm, stationary_tol=stationary_tol)
+        info = {"iterations": float(result.iterations), "residual": result.residual, "fallback_used": 0.0,
+                "stationary": float(result.stationary)}
         alpha = result.alpha
         if not result.ok:
             info["fallback_used"] = 1.0
@@ -77,22 +82,25 @@ class FixedPointWeighting(Aggregator):
             alpha = self.alpha[task_ids].numpy()
             info = {"reused": 1.0}
         else:
-            alpha, info = self.solve_and_store(gram(G), ctx, task_ids)
+            M = gram(G)
+            alpha, info = self.solve_and_store(M, ctx, task_ids, gram_tolerance(G.dtype))
+            return self.finish(G, torch.from_numpy(alpha), info, M)
         return self.finish(G, torch.from_numpy(alpha), info)
 
-    def solve_and_store(self, M: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, dict[str, float]]:
+    def solve_and_store(
+        self, M: np.ndarray, ctx: AggContext, task_ids: Tensor, stationary_tol: float = STATIONARY_TOL
+    ) -> tuple[np.ndarray, dict[str, float]]:
         """One weight update: solve, keep the weights unless they came from a fallback, count the call."""
-        alpha, info = self.solve(M, ctx, task_ids)
+        alpha, info = self.solve(M, ctx, task_ids, stationary_tol)
         if info["fallback_used"] == 0.0:
             self.alpha[task_ids] = torch.from_numpy(alpha)
         self.step += 1
         return alpha, info
 
-    def finish(self, G: Tensor, weights: Tensor, info: dict[str, float]) -> Aggregation:
-        """``d = G^T alpha`` (x K if ``scale_by_K``), clipped to ``max_norm``."""
-        direction = weights.to(G) @ G
-        if self.scale_by_K:
-            direction = direction * G.shape[0]
-        direction, norm = clip_direction(direction, self.max_norm)
+    def finish(self, G: Tensor, weights: Tensor, info: dict[str, float], M: np.ndarray | None = None) -> Aggregation:
+        """``d = G^T alpha`` (x K if ``scale_by_K``), clipped to ``max_norm`` (the norm from ``M``
+        when the step computed it)."""
+        scaled = weights.numpy() * G.shape[0] if self.scale_by_K else weights
+        direction, norm, coefficients = combine(G, scaled, self.max_norm, M)
         info["norm"] = norm
-        return Aggregation(direction, weights, info)
+        return Aggregation(direction, weights, info, coefficients, None if M is None else torch.from_numpy(M))

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_positive_or_none, clip_direction, pi_scaled
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_positive_or_none, combine, pi_scaled
 
 
 @register
@@ -37,8 +37,8 @@ class LinearScalarization(Aggregator):
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
         w = self._weights(ctx)
-        direction, norm = clip_direction(w.to(G) @ G, self.max_norm)
-        return Aggregation(direction, w, {"norm": norm})
+        direction, norm, coefficients = combine(G, w, self.max_norm)
+        return Aggregation(direction, w, {"norm": norm}, coefficients)
 
     def needs_jacobian(self, step: int) -> bool:
         return False

@@ -19,7 +19,10 @@ Options: ``update_every=T`` recomputes the weights every T calls and reuses them
 ``pi=True`` (PI-Nash-MTL [PV §4.4]: bargaining powers omega from ``ctx.perf``).
 Fallbacks (spec §2.1.7): zero rows get weight 0; if no positive solution exists (0 in the
 convex hull of the gradients) the previous weights are reused, else equal weights on
-normalised gradients, and ``info["fallback_used"] = 1``.
+normalised gradients (then ``||d|| <= 1``), and ``info["fallback_used"] = 1``. The solver sees
+such a Pareto-stationary G after 5 Newton iterations (a min-norm probe on the unit gradients,
+``info["stationary"] = 1``) and stops at the rounding floor of nearly opposite gradients, so a
+fallback costs about as much as a solve (``solvers.positive_fixed_point``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from mtrl.aggregators import register
 from mtrl.aggregators.base import AggContext, check_int, check_option
 from mtrl.aggregators.fixed_point import FixedPointWeighting
 from mtrl.aggregators.performance import pi_omega
-from mtrl.aggregators.solvers import zero_rows
+from mtrl.aggregators.solvers import STATIONARY_TOL, zero_rows
 
 
 @register
@@ -60,14 +63,16 @@ class NashMTL(FixedPointWeighting):
             return pi_omega(ctx, task_ids)[0].numpy(), 1.0
         return np.ones(len(task_ids)), 1.0
 
-    def solve(self, M: np.ndarray, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, dict[str, float]]:
+    def solve(
+        self, M: np.ndarray, ctx: AggContext, task_ids: Tensor, stationary_tol: float = STATIONARY_TOL
+    ) -> tuple[np.ndarray, dict[str, float]]:
         if self.solver == "exact":
-            return super().solve(M, ctx, task_ids)
+            return super().solve(M, ctx, task_ids, stationary_tol)
         previous = self.alpha[task_ids].numpy()
         alpha, iterations = ccp_nash(M, previous if np.all(previous > 0) else None, self.optim_niter)
         ok = alpha is not None and np.all(np.isfinite(alpha))
         if not ok:
-            alpha = previous if np.all(previous > 0) else super().solve(M, ctx, task_ids)[0]
+            alpha = previous if np.all(previous > 0) else super().solve(M, ctx, task_ids, stationary_tol)[0]
         active = alpha > 0
         Ma = M @ alpha
         residual = float(np.max(np.abs(alpha[active] * Ma[active] - 1.0))) if active.any() else 0.0

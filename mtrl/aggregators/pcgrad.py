@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, clip_direction
+from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, combine
 from mtrl.aggregators.solvers import gram
 
 
@@ -53,9 +53,10 @@ class PCGrad(Aggregator):
         orders = []
         for i in range(K):
             others = [j for j in range(K) if j != i]
-            orders.append([others[int(k)] for k in torch.randperm(K - 1, generator=generator)])
-        C = pcgrad_coefficients(gram(G), orders)
+            orders.append([others[k] for k in torch.randperm(K - 1, generator=generator).tolist()])
+        M = gram(G)
+        C = pcgrad_coefficients(M, orders)
         w = C.sum(0) / (K if self.reduction == "mean" else 1)
         weights = torch.from_numpy(w)
-        direction, norm = clip_direction(weights.to(G) @ G, self.max_norm)
-        return Aggregation(direction, weights, {"norm": norm})
+        direction, norm, coefficients = combine(G, weights, self.max_norm, M)
+        return Aggregation(direction, weights, {"norm": norm}, coefficients, torch.from_numpy(M))

@@ -106,3 +106,25 @@ def degenerate_inputs(K: int = 4, P: int = 30) -> dict[str, torch.Tensor]:
         "all_zero": torch.zeros(K, P, dtype=torch.float64),
         "opposite_pair": torch.stack([G[0], -G[0]]),
     }
+
+
+def stationary_inputs(P: int = 60, dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """Exactly Pareto-stationary G (0 in the convex hull of the rows), where MGDA's min-norm point
+    is 0 and no Nash solution exists: anti-parallel pairs and a row that is minus a combination."""
+    gen = torch.Generator().manual_seed(11)
+    g = torch.randn(P, generator=gen, dtype=dtype)
+    hull = torch.randn(3, P, generator=gen, dtype=dtype)
+    hull[2] = -(0.3 * hull[0] + 0.7 * hull[1])
+    pair_in_10 = torch.randn(10, P, generator=gen, dtype=dtype)
+    pair_in_10[4] = -2.5 * pair_in_10[1]
+    pair_in_50 = torch.randn(50, P, generator=gen, dtype=dtype)
+    pair_in_50[30] = -0.5 * pair_in_50[7]
+    sum_zero = torch.randn(10, P, generator=gen, dtype=dtype)
+    sum_zero[9] = -sum_zero[:9].sum(0)
+    return {
+        "anti_parallel_pair": torch.stack([g, -3.0 * g]),
+        "minus_a_convex_combination": hull,
+        "anti_parallel_pair_among_10": pair_in_10,
+        "anti_parallel_pair_among_50": pair_in_50,
+        "rows_summing_to_zero": sum_zero,
+    }

@@ -16,6 +16,7 @@ from mtrl.aggregators.hypergrad import HyperContext, implicit_hypergradient, neu
 from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
 from mtrl.aggregators.solvers import gram, positive_fixed_point, weights_derivative
 from tests.aggregators.properties import context, random_G
+from tests.helpers import through_torch_save
 
 
 def auxinash(K, preference=None, **options):
@@ -206,12 +207,85 @@ def test_auxinash_outer_step_every_n_calls_keeps_preferences_valid_and_theta_unt
     for step in range(23):
         ctx = AggContext(step=step, task_ids=torch.arange(K), hyper=counting.context(), main_task=0)
         agg(G, ctx)
-        assert counting.calls == (step + 1) // 5  # outer steps after calls 5, 10, 15, 20
+        assert counting.calls == step // 5  # outer steps follow calls 5, 10, 15, 20 (taken in calls 6, 11, ...)
         assert float(agg.preference.min()) >= 1e-4 - 1e-15  # floor (A8)
         assert abs(float(agg.preference.sum()) - K) < 1e-9  # sum p = K
     assert agg.hypersteps == 4
     assert torch.equal(counting.theta.detach(), before) and counting.theta.grad is None  # theta untouched
     assert not torch.equal(agg.preference, torch.ones(K, dtype=torch.float64))
+
+
+def test_auxinash_outer_step_follows_the_parameter_update_of_the_Np_th_step():  # [AN Alg 1] order
+    """Algorithm 1: N_p inner steps (solve, update theta), then the preference step at the updated
+    theta with the N_p-th step's alpha and M; the next solve uses the new preferences."""
+    K, N_p = 3, 3
+    counting = CountingHyper(K, seed=3)
+    seen = []  # theta at each evaluation of the validation loss
+    agg = make("auxinash", num_tasks=K, hyper_every=N_p, meta_lr=5.0, grad_clip=None, max_norm=None)
+    G = random_G(K, P=4, seed=9)
+    history = []
+    for step in range(2 * N_p + 1):
+        hyper = counting.context()
+        val = hyper.val_loss
+        hyper = HyperContext(hyper.params, hyper.train_losses, lambda v=val: (seen.append(counting.theta.detach().clone()), v())[1])
+        preference_before = agg.preference.clone()
+        out = agg(G * (1.0 + 0.1 * step), AggContext(step=step, task_ids=torch.arange(K), hyper=hyper, main_task=0))
+        history.append((preference_before, agg.preference.clone(), out, counting.theta.detach().clone()))
+        with torch.no_grad():  # the trainer's parameter update with this call's direction
+            counting.theta -= 0.05 * out.direction[:4].to(counting.theta)
+    # the preferences change only in calls N_p + 1 and 2 N_p + 1, at their start
+    changed = [i for i, (before, after, _, _) in enumerate(history) if not torch.equal(before, after)]
+    assert changed == [N_p, 2 * N_p] and len(seen) == 2
+    # ... at the parameters after the N_p-th update (the theta seen at the start of call N_p + 1)
+    assert torch.equal(seen[0], history[N_p][3])
+    # ... with the N_p-th call's alpha and M: the step equals the hypergradient computed from them
+    third = history[N_p - 1][2]
+    M = gram(G * (1.0 + 0.1 * (N_p - 1)))
+    replay = make("auxinash", num_tasks=K, hyper_every=N_p, meta_lr=5.0, grad_clip=None, max_norm=None)
+    with torch.no_grad():
+        counting.theta.copy_(history[N_p][3])
+    grad_p, _ = replay.preference_gradient(M, third.weights.numpy(), AggContext(step=0, task_ids=torch.arange(K), hyper=counting.context()), torch.arange(K))
+    expected = torch.ones(K, dtype=torch.float64) - 5.0 * grad_p
+    expected = expected.clamp_min(1e-4) * (K / expected.clamp_min(1e-4).sum())
+    torch.testing.assert_close(history[N_p][1], expected, rtol=1e-10, atol=1e-12)
+    # ... and the solve of call N_p + 1 already uses the new preferences: M alpha = p_new / alpha
+    out = history[N_p][2]
+    M_next = gram(G * (1.0 + 0.1 * N_p))
+    alpha = out.weights.numpy()
+    np.testing.assert_allclose(alpha * (M_next @ alpha), history[N_p][1].numpy(), rtol=1e-8)
+
+
+def test_auxinash_outer_step_after_a_fallback_is_taken_unless_skipped():
+    K = 2
+    g = random_G(1, P=6, seed=10)[0]
+    stationary = torch.stack([g, -g])  # no Nash solution: the call falls back
+    for skip, expected_steps in [(False, 1), (True, 0)]:
+        counting = CountingHyper(K, seed=4)
+        agg = make("auxinash", num_tasks=K, hyper_every=2, skip_after_fallback=skip)
+        agg(random_G(K, P=6, seed=11), AggContext(step=0, task_ids=torch.arange(K), hyper=counting.context(), main_task=0))
+        fallback = agg(stationary, AggContext(step=1, task_ids=torch.arange(K), hyper=counting.context(), main_task=0))
+        assert fallback.info["fallback_used"] == 1.0
+        out = agg(random_G(K, P=6, seed=12), AggContext(step=2, task_ids=torch.arange(K), hyper=counting.context(), main_task=0))
+        assert agg.hypersteps == expected_steps and agg.hyper_skipped == 1 - expected_steps
+        if not skip:
+            assert out.info["hyper_after_fallback"] == 1.0 and torch.isfinite(agg.preference).all()
+
+
+def test_auxinash_resume_between_the_Np_th_call_and_its_outer_step():
+    K = 4
+    G = random_G(K, P=20, seed=13)
+    learn = make("auxinash", num_tasks=K, hyper_every=3)
+    hyper = CountingHyper(K)
+    for step in range(3):
+        learn(G * (1 + 0.1 * step), AggContext(step=step, task_ids=torch.arange(K), hyper=hyper.context(), main_task=0))
+    assert learn.outer_pending  # the outer step is due at the start of the next call
+    clone = make("auxinash", num_tasks=K, hyper_every=3)
+    clone.load_state_dict(through_torch_save(learn.state_dict()))
+    for step in range(3, 8):
+        a = learn(G * (1 - 0.05 * step), AggContext(step=step, task_ids=torch.arange(K), hyper=hyper.context(), main_task=0))
+        b = clone(G * (1 - 0.05 * step), AggContext(step=step, task_ids=torch.arange(K), hyper=hyper.context(), main_task=0))
+        assert torch.equal(a.direction, b.direction) and torch.equal(learn.preference, clone.preference)
+    assert learn.hypersteps == clone.hypersteps == 2
 
 
 def test_auxinash_fixed_preferences_and_state_round_trip():

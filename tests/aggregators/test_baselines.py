@@ -11,7 +11,7 @@ import torch
 from mtrl.aggregators import AggContext, make
 from mtrl.aggregators.pcgrad import pcgrad_coefficients
 from mtrl.aggregators.pivrg import performance_weights, success_to_performance_drop
-from tests.aggregators.properties import context, random_G
+from tests.aggregators.properties import context, random_G, stationary_inputs
 
 
 def call(name, G, ctx=None, **options):
@@ -35,6 +35,43 @@ def test_mgda_is_zero_when_zero_is_in_the_convex_hull():
     G = random_G(3)
     G[2] = -(0.3 * G[0] + 0.7 * G[1])
     assert float(call("mgda", G).direction.norm()) < 1e-9
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", sorted(stationary_inputs()))
+def test_mgda_at_a_stationary_point_stops_within_20_iterations_with_a_tiny_direction(case, dtype):
+    """M2 at exactly stationary G: the KKT stop ends the solve at once and the direction is the
+    documented size, ||d|| <= sqrt(tol) max ||g_i|| with tol = gram_tolerance(dtype)."""
+    from mtrl.aggregators.solvers import gram_tolerance
+
+    G = stationary_inputs(dtype=dtype)[case]
+    out = call("mgda", G)
+    assert out.info["iterations"] <= 20 and out.info["stationary"] == 1.0
+    assert torch.isfinite(out.direction).all()
+    bound = math.sqrt(gram_tolerance(dtype)) * float(G.double().norm(dim=1).max())
+    assert float(out.direction.double().norm()) <= bound
+    assert abs(float(out.weights.sum()) - 1) < 1e-12 and (out.weights >= 0).all()
+
+
+@pytest.mark.parametrize("K", [2, 3, 10, 50])
+def test_mgda_solver_matches_cvxpy_on_random_and_degenerate_gram_matrices(K):
+    """Wolfe's active-set solve against a conic solver: same minimum, KKT gap at tolerance."""
+    import cvxpy as cp
+
+    from mtrl.aggregators.solvers import min_norm_simplex
+
+    rng = np.random.default_rng(K)
+    for P, duplicate in [(200, False), (3, False), (200, True)]:
+        G = rng.standard_normal((K, P)) * rng.uniform(0.1, 3.0, (K, 1))
+        if duplicate and K > 2:
+            G[2] = G[0]
+        M = G @ G.T
+        result = min_norm_simplex(M)
+        w = cp.Variable(K, nonneg=True)
+        cp.Problem(cp.Minimize(cp.sum_squares(G.T @ w)), [cp.sum(w) == 1]).solve(solver=cp.CLARABEL)
+        scale = float(M.diagonal().max())
+        assert (result.weights @ M @ result.weights - w.value @ M @ w.value) / scale < 1e-8
+        assert result.gap <= 1e-11 and result.iterations <= 5 * K + 20
 
 
 # ---- PCGrad (P1-P5) ----------------------------------------------------------------------------

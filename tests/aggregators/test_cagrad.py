@@ -30,7 +30,7 @@ def test_c_zero_is_gradient_descent_on_the_mean():  # C1
 
 def test_large_c_approaches_the_mgda_direction():  # C2
     G = random_G(5)
-    w, _ = min_norm_simplex((G @ G.T).numpy())
+    w = min_norm_simplex((G @ G.T).numpy()).weights
     mgda = torch.from_numpy(w) @ G
     with pytest.warns(UserWarning, match="c = 10000"):
         d = cagrad(G, c=1e4).direction

@@ -31,6 +31,22 @@ def test_output_is_well_formed(name, K):
 
 
 @pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("max_norm", [None, 0.5])
+def test_coefficients_reproduce_the_direction_and_gram_is_G_Gt(name, max_norm):
+    """Every method reports c with d == c @ G (after clipping) and, when it built one, M == G G^T:
+    the trainer's gradient diagnostics are computed from these without touching G again."""
+    G = random_G(5)
+    options = {"max_norm": max_norm} if "max_norm" in make(name, 5).option_names() else {}
+    out = run(name, G, **options)
+    assert out.coefficients is not None and out.coefficients.dtype == torch.float64
+    torch.testing.assert_close(out.coefficients @ G, out.direction, rtol=1e-10, atol=1e-12)
+    if max_norm is not None and "max_norm" in options:
+        assert float(torch.linalg.vector_norm(out.direction)) <= max_norm * (1 + 1e-9)
+    if out.gram is not None:
+        torch.testing.assert_close(out.gram, G @ G.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_float32_input_gives_float32_direction(name):
     G = random_G(5).float()
     out = run(name, G)

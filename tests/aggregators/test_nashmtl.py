@@ -10,7 +10,7 @@ import torch
 
 from mtrl.aggregators import AggContext, make
 from mtrl.aggregators.solvers import positive_fixed_point
-from tests.aggregators.properties import context, random_G
+from tests.aggregators.properties import context, random_G, stationary_inputs
 
 
 def nash(G, **options):
@@ -95,6 +95,33 @@ def test_duplicate_tasks_have_a_finite_solution_and_opposite_tasks_fall_back(): 
     assert out.info["fallback_used"] == 0.0
     opposite = nash(torch.stack([g, -g]))
     assert opposite.info["fallback_used"] == 1.0 and torch.isfinite(opposite.direction).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", sorted(stationary_inputs()))
+def test_stationary_G_stops_the_newton_solve_early_and_falls_back(case, dtype):
+    """0 in the convex hull: no Nash solution exists; the solver sees it within 20 iterations
+    (the probe after 4), and the fallback of a first call, equal weights on the unit gradients,
+    gives ||d|| <= 1 (before clipping, here clipped to max_norm = 1 anyway)."""
+    G = stationary_inputs(dtype=dtype)[case]
+    out = nash(G)
+    assert out.info["fallback_used"] == 1.0 and out.info["stationary"] == 1.0
+    assert out.info["iterations"] <= 20
+    assert torch.isfinite(out.direction).all() and float(out.direction.double().norm()) <= 1.0 + 1e-6
+    norms = G.double().norm(dim=1)
+    torch.testing.assert_close(out.weights, 1.0 / (len(norms) * norms), rtol=1e-6, atol=0)
+
+
+def test_nearly_opposite_pair_is_solved_or_refused_in_a_few_newton_steps():
+    """Nearly anti-parallel gradients (the end of the Nash-MTL toy's trajectories): Newton either
+    converges or stops at the rounding floor of M alpha, never runs to the cap of 50 iterations
+    (from a cold start alpha must grow ~1/angle-fold, one doubling per step: 22 steps at 1e-6)."""
+    for angle in [1e-2, 1e-3, 1e-4, 1e-6, 1e-8]:
+        G = torch.tensor([[1.0, 0.0], [0.1 * math.cos(math.pi - angle), 0.1 * math.sin(math.pi - angle)]], dtype=torch.float64)
+        out = nash(G)
+        assert out.info["iterations"] <= 30 and torch.isfinite(out.direction).all(), angle
+        if out.info["fallback_used"] == 0.0:
+            assert out.info["residual"] < 1e-6
 
 
 def test_single_task_gives_unit_gradient():  # N12
