@@ -1,11 +1,23 @@
-"""Collection loop against the raw MetaWorld vector env, measured side by side.
+"""Collection speed, measured side by side.
 
-Raw: ``gym.make_vec("Meta-World/<benchmark>", vector_strategy="sync")`` stepped with random
-actions. Ours: ``envs.metaworld.MultiTaskEnv.step`` plus ``MultiTaskReplay.add`` (what the
-training loop does per step, minus the policy). Blocks of ``--steps`` steps alternate between
-the two. Target: ours >= 90% of the raw step rate.
+Default: our loop against the raw MetaWorld vector env.
+``gym.make_vec("Meta-World/<benchmark>", vector_strategy="sync")`` stepped with random actions
+against ``envs.metaworld.MultiTaskEnv.step`` plus ``MultiTaskReplay.add`` (what the training loop
+does per step, minus the policy). Target: ours >= 90% of the raw step rate.
+
+``--workers N``: env worker processes against the in-process env, for each of ``--benchmarks``
+(default MT10 and MT50): ``envs.workers.ParallelMultiTaskEnv(workers=N).step`` against
+``MultiTaskEnv.step`` on the same random actions (both give the same transitions). The ratio is
+the speed-up (> 1: workers are faster); targets on a 2-core machine with N = 2: MT10 >= 1.5,
+MT50 >= 1.6. It also prints the workers' start-up time and, from each task's own step time, the
+compute-bound limit of the speed-up (the slowest worker's share of the tasks against all of
+them) for N and for 16 workers; a real step adds the cost of talking to the workers, printed as
+"overhead" (measured step time minus the slowest worker's compute).
+
+Blocks of ``--steps`` steps alternate between the candidates; the median block is reported.
 
     mtrl bench collect [--benchmark MT10] [--steps 200] [--repeats 5] [--json FILE]
+    mtrl bench collect --workers N [--benchmarks MT10 MT50] [--start-method spawn] [--steps 200] [--repeats 5] [--json FILE]
 """
 
 from __future__ import annotations
@@ -18,8 +30,11 @@ import metaworld  # noqa: F401  (registers the Meta-World/* ids)
 import numpy as np
 
 from benchmarks.common import print_table, write_json
-from envs.metaworld import MultiTaskEnv
+from envs.metaworld import MultiTaskEnv, task_goal_sets
+from envs.workers import START_METHODS, ParallelMultiTaskEnv, assign_tasks
 from mtrl.replay import MultiTaskReplay
+
+TARGETS = {"MT10": 1.5, "MT50": 1.6}  # workers vs in-process with N = 2 on 2 cores (issue 14)
 
 
 def _raw_env(benchmark: str, seed: int):
@@ -28,13 +43,15 @@ def _raw_env(benchmark: str, seed: int):
     return gym.make_vec(f"Meta-World/{benchmark}", vector_strategy="sync", seed=seed)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mtrl bench collect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--benchmark", default="MT10")
-    parser.add_argument("--steps", type=int, default=200, help="vector steps per timed block")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json")
-    args = parser.parse_args(argv)
+def _rate(step, actions: np.ndarray) -> float:
+    """Vector steps per second of ``step`` over ``actions`` [steps, K, A]."""
+    t0 = time.perf_counter()
+    for a in actions:
+        step(a)
+    return len(actions) / (time.perf_counter() - t0)
+
+
+def raw_vs_ours(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     raw = _raw_env(args.benchmark, 0)
     ours = MultiTaskEnv(args.benchmark, seed=0)
@@ -43,18 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     raw.reset(seed=0)
     obs = ours.reset()
     rates = {"raw vector env": [], "MultiTaskEnv + replay.add": []}
+
+    def ours_step(a: np.ndarray) -> None:
+        nonlocal obs
+        result = ours.step(a)
+        replay.add(obs, a, result.reward, result.next_obs, result.terminated)
+        obs = result.obs
+
     for _ in range(args.repeats):
         actions = rng.uniform(-1, 1, size=(args.steps, K, ours.action_dim)).astype(np.float32)
-        t0 = time.perf_counter()
-        for a in actions:
-            raw.step(a)
-        rates["raw vector env"].append(args.steps / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        for a in actions:
-            result = ours.step(a)
-            replay.add(obs, a, result.reward, result.next_obs, result.terminated)
-            obs = result.obs
-        rates["MultiTaskEnv + replay.add"].append(args.steps / (time.perf_counter() - t0))
+        rates["raw vector env"].append(_rate(raw.step, actions))
+        rates["MultiTaskEnv + replay.add"].append(_rate(ours_step, actions))
     raw.close()
     ours.close()
     median = {name: float(np.median(values)) for name, values in rates.items()}
@@ -64,6 +80,84 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'PASS' if ratio >= 0.9 else 'FAIL'}  ours >= 90% of the raw rate: {100 * ratio:.1f}%")
     write_json(args.json, {"benchmark": "collect", "env": args.benchmark, "steps_per_s": median, "ratio": ratio, "pass": ratio >= 0.9})
     return 0
+
+
+def _task_step_seconds(env: MultiTaskEnv, actions: np.ndarray) -> np.ndarray:
+    """Median seconds of one MetaWorld step of each task alone, [K] (episodes are long enough)."""
+    seconds = np.empty((len(actions), env.num_tasks))
+    for i, a in enumerate(actions):
+        for k, task_env in enumerate(env._envs):
+            t0 = time.perf_counter()
+            task_env.step(a[k])
+            seconds[i, k] = time.perf_counter() - t0
+    return np.median(seconds, axis=0)
+
+
+def compute_bound_speedup(task_seconds: np.ndarray, workers: int) -> float:
+    """Speed-up of ``workers`` processes (tasks assigned as ``envs.workers.assign_tasks`` does)
+    over one if talking to them cost nothing: all tasks' step time over the slowest worker's."""
+    return float(task_seconds.sum() / max(task_seconds[tasks].sum() for tasks in assign_tasks(len(task_seconds), workers)))
+
+
+def workers_vs_inprocess(args: argparse.Namespace) -> int:
+    rng = np.random.default_rng(0)
+    comparisons, rows = {}, []
+    for benchmark in args.benchmarks:
+        task_goal_sets(benchmark, 0)  # sampled once, before anything is timed
+        t0 = time.perf_counter()
+        workers = ParallelMultiTaskEnv(benchmark, seed=0, workers=args.workers, start_method=args.start_method)
+        startup = time.perf_counter() - t0
+        inprocess = MultiTaskEnv(benchmark, seed=0)
+        K = inprocess.num_tasks
+        workers.reset()
+        inprocess.reset()
+        rates = {"in-process": [], "workers": []}
+        for _ in range(args.repeats):  # 500-step episodes: at most a few resets in a block
+            actions = rng.uniform(-1, 1, size=(args.steps, K, inprocess.action_dim)).astype(np.float32)
+            rates["in-process"].append(_rate(inprocess.step, actions))
+            rates["workers"].append(_rate(workers.step, actions))
+        inprocess.reset()  # a fresh episode: MetaWorld refuses to step a task past 500 steps
+        timed = min(args.steps, 400)
+        task_seconds = _task_step_seconds(inprocess, rng.uniform(-1, 1, size=(timed, K, inprocess.action_dim)).astype(np.float32))
+        workers.close()
+        inprocess.close()
+        median = {name: float(np.median(values)) for name, values in rates.items()}
+        ratio = median["workers"] / median["in-process"]
+        limit = compute_bound_speedup(task_seconds, args.workers)
+        overhead_ms = 1000 * (1 / median["workers"] - task_seconds.sum() / limit)
+        key = f"{benchmark.lower()}_workers_vs_inprocess"
+        comparisons[key] = {
+            "ratio": ratio, "workers": workers.workers, "steps_per_s": median, "startup_s": startup,
+            "compute_bound_limit": limit, "overhead_ms_per_step": overhead_ms,
+            "compute_bound_limit_16_workers": compute_bound_speedup(task_seconds, 16),
+            "task_step_ms": {name: 1000 * float(s) for name, s in zip(inprocess.task_names, task_seconds)},
+        }
+        target = TARGETS.get(benchmark) if args.workers == 2 else None
+        verdict = "" if target is None else ("PASS" if ratio >= target else "FAIL") + f" (target >= {target})"
+        rows.append([benchmark, K, workers.workers, median["in-process"], median["workers"], ratio, limit,
+                     overhead_ms, comparisons[key]["compute_bound_limit_16_workers"], startup, verdict])
+    print(f"env workers vs in-process, median of {args.repeats} blocks of {args.steps} vector steps")
+    print_table(["benchmark", "K", "workers", "in-process steps/s", "workers steps/s", "speed-up", "limit",
+                 "overhead ms", "limit at 16", "start-up s", ""], rows)
+    write_json(args.json, {"benchmark": "collect", "workers": args.workers, "start_method": args.start_method, "comparisons": comparisons})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mtrl bench collect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--benchmark", default="MT10", help="raw comparison: the benchmark")
+    parser.add_argument("--workers", type=int, help="compare N env worker processes with the in-process env")
+    parser.add_argument("--benchmarks", nargs="+", default=["MT10", "MT50"], help="with --workers: the benchmarks")
+    parser.add_argument("--start-method", default="spawn", choices=START_METHODS, help="with --workers: how workers start")
+    parser.add_argument("--steps", type=int, default=200, help="vector steps per timed block")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    if args.workers is not None:
+        if args.workers < 1:
+            parser.error(f"--workers must be >= 1, got {args.workers}")
+        return workers_vs_inprocess(args)
+    return raw_vs_ours(args)
 
 
 if __name__ == "__main__":

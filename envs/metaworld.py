@@ -10,29 +10,49 @@ controls three things the vector API hides (notes/metaworld-v3.md):
 * **truncation vs termination**: episodes end by truncation after ``max_episode_steps``
   (``terminated`` stays False, so SAC bootstraps through it); with ``terminate_on_success``
   (MetaWorld's own evaluation protocol) a success terminates the episode;
-* **exact checkpoints**: every reset first snapshots the RNG states it is about to consume.
-  ``load_state_dict`` restores those snapshots and resets again, which reproduces the same goal
-  and the same MuJoCo start state. At an episode boundary (where periodic checkpoints fall) this
-  is exact; in the middle of an episode the episode in progress restarts from its beginning.
+* **exact checkpoints at any step**: ``state_dict`` holds, per task, the RNG states, the RNG
+  states from just before the task's latest reset, MuJoCo's integration state
+  (``mj_getState(..., mjSTATE_INTEGRATION)``) and every plain-data attribute of MetaWorld's env
+  object (step counter, previous-frame observation, last stable observation, goal, random
+  vector, ...). ``load_state_dict`` replays the latest reset from its RNG snapshot (which
+  rebuilds what MetaWorld derives from the goal outside plain attributes, such as the object and
+  goal positions it writes into the MuJoCo *model*), then writes the attributes and the
+  simulator state back. The next ``step`` is then bit-identical to the original env's; the
+  tests step a twin of every MT10 task and a sample of MT50 tasks through the rest of an episode
+  and compare the env objects field by field.
 
 Goals: every reset draws one of the task's 50 goal variations (MetaWorld v3's
-``RandomTaskSelectWrapper`` behaviour) with this wrapper's own seeded generator. Observations
-are the 39 MetaWorld floats without a task one-hot; the agent encodes the task id itself.
+``RandomTaskSelectWrapper`` behaviour) with this wrapper's own seeded generator. The 50
+variations themselves come from ``metaworld.MT10(goal_seed)`` (``MT50``, ``MT1``); like
+MetaWorld's ``make_vec(..., seed=s)`` they follow the run's seed, and an evaluation env built with
+the training env's ``goal_seed`` evaluates on the training goals. Observations are the 39
+MetaWorld floats without a task one-hot; the agent encodes the task id itself.
+
+This module imports no torch at the top: env worker processes (``envs/workers.py``) run it and
+exchange states as numpy; only ``state_dict`` / ``load_state_dict`` convert to tensors.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import metaworld
+import mujoco
 import numpy as np
-import torch
+from metaworld import env_dict
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
-__all__ = ["MultiTaskEnv", "StepResult", "benchmark_task_names", "end_of_step", "rng_state_to_tensor", "rng_state_from_tensor"]
+__all__ = [
+    "MultiTaskEnv", "StepResult", "benchmark_task_names", "end_of_step", "task_goal_sets",
+    "rng_state_to_tensor", "rng_state_from_tensor", "select_tasks", "join_tasks", "to_tensors", "from_tensors",
+]
 
 MAX_PATH_LENGTH = 500  # MetaWorld v3 refuses to step past this
+_SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # everything mj_step reads: time, qpos, qvel, act, warm start, mocap, ctrl, applied forces, eq_active
+_ARRAY_DTYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.float32, np.float64)  # what torch stores
 
 
 @dataclass(frozen=True)
@@ -82,14 +102,12 @@ def end_of_step(
     )
 
 
-def _mt1_names() -> list[str]:
-    return [f"MT1-{name}" for name in ALL_V3_ENVIRONMENTS]
-
-
 def benchmark_task_names(benchmark: str) -> list[str]:
     """MetaWorld task names of ``benchmark`` in its order, e.g. ``['reach-v3', 'push-v3', ...]``."""
-    if benchmark in ("MT10", "MT50"):
-        return list(_benchmark(benchmark, 0).train_classes)
+    if benchmark == "MT10":
+        return list(env_dict.MT10_V3)  # the classes metaworld.MT10 trains on, in its order
+    if benchmark == "MT50":
+        return list(env_dict.MT50_V3)
     if benchmark.startswith("MT1-"):
         task = benchmark[4:]
         if task not in ALL_V3_ENVIRONMENTS:
@@ -111,16 +129,38 @@ def _benchmark(benchmark: str, seed: int) -> metaworld.Benchmark:
     return getattr(metaworld, benchmark)(seed=seed)
 
 
-def rng_state_to_tensor(state: dict) -> torch.Tensor:
-    """A numpy PCG64 bit-generator state as an int64 tensor of 32-bit words (for weights_only loads)."""
+def task_goal_sets(benchmark: str, goal_seed: int) -> list[list[metaworld.Task]]:
+    """The 50 goal variations of every task of ``benchmark`` (in task order) that
+    ``metaworld.<benchmark>(seed=goal_seed)`` samples; the same seed gives the same goals."""
+    names = benchmark_task_names(benchmark)
+    bench = _benchmark(benchmark, goal_seed)
+    return [[task for task in bench.train_tasks if task.env_name == name] for name in names]
+
+
+def _check_episode_steps(max_episode_steps: Any) -> None:
+    if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or not 1 <= max_episode_steps <= MAX_PATH_LENGTH:
+        raise ValueError(f"max_episode_steps must be an int in [1, {MAX_PATH_LENGTH}], got {max_episode_steps!r}")
+
+
+# ---- RNG states and tensors ---------------------------------------------------------------------
+def _rng_words(state: dict) -> np.ndarray:
+    """A numpy PCG64 bit-generator state as 10 int64 words (32 bits used each)."""
     words = []
     for value in (state["state"]["state"], state["state"]["inc"]):
         words.extend((int(value) >> (32 * i)) & 0xFFFFFFFF for i in range(4))
     words.extend([int(state["has_uint32"]), int(state["uinteger"])])
-    return torch.tensor(words, dtype=torch.int64)
+    return np.array(words, dtype=np.int64)
 
 
-def rng_state_from_tensor(words: torch.Tensor) -> dict:
+def rng_state_to_tensor(state: dict):
+    """A numpy PCG64 bit-generator state as an int64 tensor of 32-bit words (for weights_only loads)."""
+    import torch
+
+    return torch.from_numpy(_rng_words(state))
+
+
+def rng_state_from_tensor(words) -> dict:
+    """Inverse of ``rng_state_to_tensor`` (also takes the words as a numpy array)."""
     values = [int(w) for w in words.tolist()]
 
     def join(ws: list[int]) -> int:
@@ -134,35 +174,212 @@ def rng_state_from_tensor(words: torch.Tensor) -> dict:
     }
 
 
+def to_tensors(value: Any) -> Any:
+    """A nested state of numpy arrays and numpy scalars as tensors (0-d for scalars); other leaves
+    (python numbers, bools, None, strings) stay as they are, so ``torch.load(weights_only=True)``
+    reads it back."""
+    import torch
+
+    if isinstance(value, dict):
+        return {key: to_tensors(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_tensors(item) for item in value]
+    if isinstance(value, (np.ndarray, np.generic)):
+        return torch.from_numpy(np.array(value))
+    return value
+
+
+def from_tensors(value: Any) -> Any:
+    """Inverse of ``to_tensors``: tensors back to numpy arrays, 0-d tensors to numpy scalars."""
+    if isinstance(value, dict):
+        return {key: from_tensors(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_tensors(item) for item in value]
+    if hasattr(value, "numpy") and hasattr(value, "dim"):  # a tensor (torch itself is not imported here)
+        array = value.detach().cpu().numpy().copy()
+        return array[()] if array.ndim == 0 else array
+    return value
+
+
+def select_tasks(state: dict, tasks: Sequence[int]) -> dict:
+    """The part of a (numpy) state that belongs to ``tasks`` (row indices); every value of a state
+    has the task as its first dimension (arrays) or is a per-task list."""
+    index = np.asarray(tasks, dtype=np.int64)
+    return {key: [value[k] for k in tasks] if isinstance(value, list) else np.asarray(value)[index] for key, value in state.items()}
+
+
+def join_tasks(parts: Sequence[dict], tasks: Sequence[Sequence[int]], num_tasks: int) -> dict:
+    """Inverse of ``select_tasks``: one state of ``num_tasks`` tasks from parts holding the rows
+    ``tasks[i]`` each."""
+    out: dict = {}
+    for key, first in parts[0].items():
+        if isinstance(first, list):
+            joined: Any = [None] * num_tasks
+            for part, rows in zip(parts, tasks):
+                for k, item in zip(rows, part[key]):
+                    joined[k] = item
+        else:
+            joined = np.empty((num_tasks, *np.shape(first)[1:]), dtype=np.asarray(first).dtype)
+            for part, rows in zip(parts, tasks):
+                joined[np.asarray(rows, dtype=np.int64)] = part[key]
+        out[key] = joined
+    return out
+
+
+# ---- MetaWorld's env object ---------------------------------------------------------------------
+def _numpy_owned(array: np.ndarray) -> bool:
+    """False for arrays viewing memory numpy does not own, such as MuJoCo's ``MjData`` (MetaWorld's
+    ``init_left_pad`` is a live view of ``data.xpos``): those follow the simulator state."""
+    base = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return isinstance(base, np.ndarray)
+
+
+def _plain_attributes(env: Any) -> dict[str, Any]:
+    """Copies of the env object's plain-data attributes: None, bools, numbers, numeric numpy
+    scalars and numpy-owned numeric arrays (of at least one dimension). Objects (model, data,
+    spaces, RNGs, renderer), strings and containers are configuration or handled elsewhere."""
+    out = {}
+    for name, value in vars(env).items():
+        if isinstance(value, np.generic):
+            if isinstance(value, _ARRAY_DTYPES):
+                out[name] = value.copy()
+        elif isinstance(value, np.ndarray):
+            if value.ndim >= 1 and value.dtype.type in _ARRAY_DTYPES and _numpy_owned(value):
+                out[name] = value.copy()
+        elif value is None or isinstance(value, (bool, int, float)):
+            out[name] = value
+    return out
+
+
+def _pack_attributes(values: dict[str, Any]) -> dict[str, Any]:
+    """Plain attributes in a compact, ``weights_only``-loadable form: every numpy array and numpy
+    scalar whose values float64 holds exactly goes into one float64 array (``values``, described
+    by ``layout``: name, dtype, shape; shape () marks a numpy scalar); python values and anything
+    else stay in ``other``. One array per task instead of one tensor per attribute keeps a
+    state small (each tensor costs about 265 bytes in a checkpoint)."""
+    layout, chunks, other = [], [], {}
+    for name in sorted(values):
+        value = values[name]
+        if isinstance(value, (np.ndarray, np.generic)):
+            flat = np.asarray(value).reshape(-1)
+            as_float = flat.astype(np.float64)
+            if as_float.astype(flat.dtype).tobytes() == flat.tobytes():
+                layout.append((name, flat.dtype.name, tuple(int(n) for n in np.shape(value))))
+                chunks.append(as_float)
+                continue
+        other[name] = value
+    packed = np.concatenate(chunks) if chunks else np.zeros(0)
+    return {"layout": layout, "values": packed, "other": other}
+
+
+def _unpack_attributes(packed: dict[str, Any]) -> dict[str, Any]:
+    out = dict(packed["other"])
+    values, start = np.asarray(packed["values"], dtype=np.float64), 0
+    for name, dtype, shape in packed["layout"]:
+        size = int(np.prod(shape, dtype=np.int64))
+        array = values[start:start + size].astype(dtype).reshape(shape)
+        out[name] = array[()] if array.ndim == 0 else array
+        start += size
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Bit-for-bit equality of two plain values (0.0 and -0.0 differ, NaN equals NaN)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (np.ndarray, np.generic)):
+        return a.shape == b.shape and a.dtype == b.dtype and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    if isinstance(a, float):
+        return np.float64(a).tobytes() == np.float64(b).tobytes()
+    return a == b
+
+
+def _set_plain_attributes(env: Any, values: dict[str, Any]) -> None:
+    """Write saved attributes back; an array that must change is written in place where it can be,
+    which keeps MetaWorld's aliasing (``_target_pos`` is a view of ``_last_rand_vec``)."""
+    current = vars(env)
+    for name, value in values.items():
+        old = current.get(name, _MISSING)
+        if old is not _MISSING and _same(old, value):
+            continue
+        if (isinstance(value, np.ndarray) and isinstance(old, np.ndarray) and old.shape == value.shape
+                and old.dtype == value.dtype and old.flags.writeable and _numpy_owned(old)):
+            old[...] = value
+        else:
+            setattr(env, name, value.copy() if isinstance(value, (np.ndarray, np.generic)) else value)
+
+
+_MISSING = object()
+
+
+def _sim_state(env: Any) -> np.ndarray:
+    state = np.empty(mujoco.mj_stateSize(env.model, _SIM_STATE), dtype=np.float64)
+    mujoco.mj_getState(env.model, env.data, state, _SIM_STATE)
+    return state
+
+
+def _set_sim_state(env: Any, state: np.ndarray, task: str) -> None:
+    size = mujoco.mj_stateSize(env.model, _SIM_STATE)
+    if state.shape != (size,):
+        raise ValueError(f"MuJoCo state of {task} must have {size} floats, got shape {tuple(state.shape)}")
+    state = np.ascontiguousarray(state, dtype=np.float64)
+    mujoco.mj_setState(env.model, env.data, state, _SIM_STATE)
+    # recompute positions, contacts and sites (what MetaWorld left after its step) for anyone who
+    # reads them before the next step; mj_forward also overwrites the solver's warm start, which
+    # is part of the saved state (the next step's result depends on it), so set the state again
+    mujoco.mj_forward(env.model, env.data)
+    mujoco.mj_setState(env.model, env.data, state, _SIM_STATE)
+
+
 class MultiTaskEnv:
     """K MetaWorld tasks stepped in lock-step (see the module docstring).
 
     Args:
         benchmark: "MT10", "MT50" or "MT1-<task>".
-        seed: seeds the goal sets, goal sampling and the envs' own RNGs (0 is a seed).
+        seed: seeds goal sampling and the envs' own RNGs, and the goal set unless ``goal_seed``
+            is given (0 is a seed).
         max_episode_steps: episode length, at most 500 (MetaWorld v3's limit).
         terminate_on_success: end an episode at its first success (evaluation protocol).
+        goal_seed: seed of the benchmark's 50 goal variations per task (default ``seed``); an
+            evaluation env passes the training env's to evaluate on the training goals.
+        tasks: indices (in benchmark order) of the tasks this env runs, default all. Env worker
+            processes run subsets; every task is seeded by its benchmark index, so a subset steps
+            exactly like those rows of the whole env.
+        goal_sets: the goal variations of each task of ``tasks`` (default: sampled from
+            ``goal_seed``); worker processes get them from the parent instead of resampling.
     """
 
     def __init__(
-        self, benchmark: str, seed: int, *, max_episode_steps: int = 500, terminate_on_success: bool = False
+        self, benchmark: str, seed: int, *, max_episode_steps: int = 500, terminate_on_success: bool = False,
+        goal_seed: int | None = None, tasks: Sequence[int] | None = None,
+        goal_sets: Sequence[Sequence[metaworld.Task]] | None = None,
     ) -> None:
-        self.task_names = benchmark_task_names(benchmark)
-        if not isinstance(max_episode_steps, int) or not 1 <= max_episode_steps <= MAX_PATH_LENGTH:
-            raise ValueError(f"max_episode_steps must be an int in [1, {MAX_PATH_LENGTH}], got {max_episode_steps!r}")
+        names = benchmark_task_names(benchmark)
+        _check_episode_steps(max_episode_steps)
+        task_ids = list(range(len(names))) if tasks is None else [int(k) for k in tasks]
+        if not task_ids or len(set(task_ids)) != len(task_ids) or not all(0 <= k < len(names) for k in task_ids):
+            raise ValueError(f"tasks must be distinct indices in [0, {len(names)}) of {benchmark}, got {list(tasks or [])}")
         self.benchmark = benchmark
-        self.num_tasks = len(self.task_names)
+        self.task_ids = task_ids
+        self.task_names = [names[k] for k in task_ids]
+        self.num_tasks = len(task_ids)
         self.max_episode_steps = max_episode_steps
         self.terminate_on_success = terminate_on_success
-        bench = _benchmark(benchmark, 0 if benchmark.startswith("MT1-") else seed)
+        self.goal_seed = seed if goal_seed is None else goal_seed
+        if goal_sets is None:
+            every = task_goal_sets(benchmark, self.goal_seed)
+            goal_sets = [every[k] for k in task_ids]
+        if len(goal_sets) != self.num_tasks:
+            raise ValueError(f"goal_sets has {len(goal_sets)} entries for {self.num_tasks} tasks")
+        self.goal_sets = [list(goals) for goals in goal_sets]
         self._envs = []
-        self._goals = []
-        for k, name in enumerate(self.task_names):
-            env = bench.train_classes[name]()
+        for k, name in zip(task_ids, self.task_names):
+            env = ALL_V3_ENVIRONMENTS[name]()
             env.seed(seed * 1000 + k)
             self._envs.append(env)
-            self._goals.append([task for task in bench.train_tasks if task.env_name == name])
-        self._task_rngs = [np.random.default_rng([seed, k]) for k in range(self.num_tasks)]
+        self._task_rngs = [np.random.default_rng([seed, k]) for k in task_ids]
         space = self._envs[0].action_space
         self.action_low = np.asarray(space.low, dtype=np.float32)
         self.action_high = np.asarray(space.high, dtype=np.float32)
@@ -173,21 +390,27 @@ class MultiTaskEnv:
         self._t = np.zeros(K, dtype=np.int64)
         self._succeeded = np.zeros(K, dtype=bool)
         self._return = np.zeros(K, dtype=np.float64)
+        self._started = np.zeros(K, dtype=bool)  # a task without a reset yet has no episode to save
         self._pre_reset = [self._rng_snapshot(k) for k in range(K)]
 
     # ---- resets ---------------------------------------------------------------------------
     def _rng_snapshot(self, k: int) -> tuple[dict, dict]:
         return (self._task_rngs[k].bit_generator.state, self._envs[k].np_random.bit_generator.state)
 
+    def _set_rngs(self, k: int, task_state: dict, env_state: dict) -> None:
+        self._task_rngs[k].bit_generator.state = task_state
+        self._envs[k].np_random.bit_generator.state = env_state
+
     def _reset_task(self, k: int) -> None:
         self._pre_reset[k] = self._rng_snapshot(k)
-        goals = self._goals[k]
+        goals = self.goal_sets[k]
         self._envs[k].set_task(goals[int(self._task_rngs[k].integers(len(goals)))])
         obs, _ = self._envs[k].reset()
         self._obs[k] = obs
         self._t[k] = 0
         self._succeeded[k] = False
         self._return[k] = 0.0
+        self._started[k] = True
 
     def reset(self) -> np.ndarray:
         """Start a new episode on every task; returns observations [K, obs_dim] float32."""
@@ -205,7 +428,12 @@ class MultiTaskEnv:
         reward = np.empty(K, dtype=np.float32)
         success = np.empty(K, dtype=bool)
         for k, env in enumerate(self._envs):
-            obs, r, _, _, info = env.step(actions[k])
+            try:
+                obs, r, _, _, info = env.step(actions[k])
+            except Exception as err:
+                if hasattr(err, "add_note"):  # Python >= 3.11
+                    err.add_note(f"(while stepping MetaWorld task {self.task_names[k]})")
+                raise
             next_obs[k] = obs
             reward[k] = r
             success[k] = bool(info["success"])
@@ -216,27 +444,70 @@ class MultiTaskEnv:
         return StepResult(obs=self._obs.copy(), next_obs=next_obs, reward=reward, success=success, **ends)
 
     # ---- checkpoints ----------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """RNG snapshots taken before each task's latest reset, and the step within the episode."""
+    def numpy_state(self) -> dict:
+        """``state_dict`` in numpy (what worker processes send); every value is per task."""
+        started = self._started.copy()
         return {
-            "task_rng": torch.stack([rng_state_to_tensor(s[0]) for s in self._pre_reset]),
-            "env_rng": torch.stack([rng_state_to_tensor(s[1]) for s in self._pre_reset]),
-            "episode_step": torch.from_numpy(self._t.copy()),
+            "task_rng": np.stack([_rng_words(rng.bit_generator.state) for rng in self._task_rngs]),
+            "env_rng": np.stack([_rng_words(env.np_random.bit_generator.state) for env in self._envs]),
+            "reset_task_rng": np.stack([_rng_words(s[0]) for s in self._pre_reset]),
+            "reset_env_rng": np.stack([_rng_words(s[1]) for s in self._pre_reset]),
+            "started": started,
+            "goal_seed": np.full(self.num_tasks, self.goal_seed, dtype=np.int64),
+            "episode_step": self._t.copy(),
+            "succeeded": self._succeeded.copy(),
+            "return": self._return.copy(),
+            "obs": self._obs.copy(),
+            "sim": [_sim_state(env) if s else np.zeros(0) for env, s in zip(self._envs, started)],
+            "attributes": [_pack_attributes(_plain_attributes(env) if s else {}) for env, s in zip(self._envs, started)],
         }
 
-    def load_state_dict(self, state: dict) -> np.ndarray:
-        """Replay each task's latest reset from its snapshot; returns the observations [K, obs_dim].
+    def load_numpy_state(self, state: dict) -> np.ndarray:
+        """``load_state_dict`` from a ``numpy_state``; returns the observations [K, obs_dim]."""
+        K = len(state["task_rng"])
+        if K != self.num_tasks:
+            raise ValueError(f"environment state is for {K} tasks, this env has {self.num_tasks}")
+        if "sim" not in state:  # written before environment states were complete
+            return self._load_reset_snapshots(state)
+        seeds = sorted({int(seed) for seed in state["goal_seed"]})
+        if seeds != [self.goal_seed]:
+            warnings.warn(
+                f"environment state was written by an env on the goal set of seed {seeds}, this env draws from the goal "
+                f"set of seed {self.goal_seed}: the episodes in progress do not continue exactly", stacklevel=3,
+            )
+        for k in range(K):
+            if state["started"][k]:  # replay the latest reset, then the episode's state on top
+                self._set_rngs(k, rng_state_from_tensor(state["reset_task_rng"][k]), rng_state_from_tensor(state["reset_env_rng"][k]))
+                self._reset_task(k)
+                _set_plain_attributes(self._envs[k], _unpack_attributes(state["attributes"][k]))
+                _set_sim_state(self._envs[k], np.asarray(state["sim"][k]), self.task_names[k])
+            self._pre_reset[k] = (rng_state_from_tensor(state["reset_task_rng"][k]), rng_state_from_tensor(state["reset_env_rng"][k]))
+            self._set_rngs(k, rng_state_from_tensor(state["task_rng"][k]), rng_state_from_tensor(state["env_rng"][k]))
+        self._started[:] = np.asarray(state["started"], dtype=bool)
+        self._t[:] = np.asarray(state["episode_step"])
+        self._succeeded[:] = np.asarray(state["succeeded"], dtype=bool)
+        self._return[:] = np.asarray(state["return"])
+        self._obs[:] = np.asarray(state["obs"])
+        return self._obs.copy()
 
-        Exact where the checkpoint was taken at an episode boundary (``episode_step == 0``);
-        otherwise that task's episode restarts from its beginning.
-        """
-        if state["task_rng"].shape[0] != self.num_tasks:
-            raise ValueError(f"environment state is for {state['task_rng'].shape[0]} tasks, this env has {self.num_tasks}")
+    def _load_reset_snapshots(self, state: dict) -> np.ndarray:
+        """A state of the earlier format (RNG snapshots of the latest resets only): replay those
+        resets, so episodes in progress restart from their beginning."""
+        if np.any(np.asarray(state["episode_step"]) != 0):
+            warnings.warn("environment state from an older checkpoint holds no simulator state: the episodes in progress restart", stacklevel=3)
         for k in range(self.num_tasks):
-            self._task_rngs[k].bit_generator.state = rng_state_from_tensor(state["task_rng"][k])
-            self._envs[k].np_random.bit_generator.state = rng_state_from_tensor(state["env_rng"][k])
+            self._set_rngs(k, rng_state_from_tensor(state["task_rng"][k]), rng_state_from_tensor(state["env_rng"][k]))
             self._reset_task(k)
         return self._obs.copy()
+
+    def state_dict(self) -> dict:
+        """Everything the next ``step`` depends on (module docstring), tensors and plain values."""
+        return to_tensors(self.numpy_state())
+
+    def load_state_dict(self, state: dict) -> np.ndarray:
+        """Restore a ``state_dict`` (of this env or of a twin with the same benchmark, goal set and
+        episode length); the next ``step`` continues exactly. Returns the observations [K, obs_dim]."""
+        return self.load_numpy_state(from_tensors(state))
 
     def close(self) -> None:
         for env in self._envs:

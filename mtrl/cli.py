@@ -80,7 +80,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from mtrl.train import evaluate_run
 
         episodes = args.episodes or 10
-        payload = evaluate_run(run_dir, episodes=episodes, device=args.device).to_json(episodes)
+        payload = evaluate_run(run_dir, episodes=episodes, device=args.device, goals=args.goals).to_json(episodes)
     if args.json:
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     return 0
@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.add_argument("--video", metavar="DIR", help="render episodes into DIR/<task>.mp4 (or .gif) instead of evaluating")
     p.add_argument("--device", default="auto")
+    p.add_argument("--goals", choices=("train", "heldout"), help="--protocol mtrl: goal set (default: the run's env.eval_goals)")
 
     sub.add_parser("sweep", help="run methods x seeds (see `mtrl sweep -h`)", add_help=False)
     sub.add_parser("report", help="tables and figures over run directories (see `mtrl report -h`)", add_help=False)

@@ -46,11 +46,20 @@ class EnvConfig:
         max_episode_steps: episode length (MetaWorld v3: 500).
         eval_terminate_on_success: end evaluation episodes at the first success (MetaWorld's
             own evaluation does this; success is "any step succeeded" either way).
+        eval_goals: goal variations of the evaluation env: "train" (the training env's 50 per
+            task, MetaWorld's protocol; the evaluation env draws which one comes next with its
+            own RNG) or "heldout" (a disjoint set sampled from another seed, for generalisation
+            studies; what evaluation used before this option existed).
+        workers: run the MetaWorld tasks in this many worker processes (tasks split evenly, at
+            most one worker per task; ``envs/workers.py``); 1 steps them in the training process.
+            Any value gives the same trajectories; the evaluation env uses as many.
     """
 
     benchmark: str = "MT10"
     max_episode_steps: int = 500
     eval_terminate_on_success: bool = True
+    eval_goals: str = "train"
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -222,6 +231,7 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 _POSITIVE_INTS = {
     "env.max_episode_steps",
+    "env.workers",
     "agent.hidden_dim",
     "agent.num_layers",
     "agent.task_embedding_dim",
@@ -238,6 +248,7 @@ _POSITIVE_INTS = {
 _NON_NEGATIVE_INTS = {"seed", "train.warmup_steps", "train.video_every", "checkpoint.every"}
 _POSITIVE_FLOATS = {"agent.actor_lr", "agent.critic_lr", "agent.alpha_lr", "agent.init_temperature"}
 _CHOICES = {
+    "env.eval_goals": ("train", "heldout"),
     "agent.variant": ("mt", "te", "mh"),
     "agent.adam": ("fused", "foreach"),
     "aggregator.jacobian": ("auto", "linear", "vmap", "loop"),

@@ -82,7 +82,9 @@ def train_sb3(
     }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     train_env = SingleTaskGym(MultiTaskEnv(benchmark, seed=seed, max_episode_steps=max_episode_steps))
-    eval_env = MultiTaskEnv(benchmark, seed=seed + 10_000, max_episode_steps=max_episode_steps, terminate_on_success=True)
+    eval_env = MultiTaskEnv(  # the training goals, drawn in another order (env.eval_goals: train)
+        benchmark, seed=seed + 10_000, goal_seed=seed, max_episode_steps=max_episode_steps, terminate_on_success=True,
+    )
     logger = MetricsLogger(run_dir, [task])
     model = SAC(
         "MlpPolicy", train_env, learning_rate=3e-4, buffer_size=max(total_steps, 1), learning_starts=warmup_steps,

@@ -26,6 +26,7 @@ import torch
 from agents.mtsac import MTSAC, HyperBatches
 from envs.metaworld import MultiTaskEnv
 from envs.synthetic import PointMassEnv, is_point_benchmark
+from envs.workers import ParallelMultiTaskEnv
 from mtrl import checkpoint as ckpt
 from mtrl.aggregators import Aggregator, make
 from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
@@ -45,6 +46,7 @@ MEANING_KEYS = (
     "main_task",
     "env.benchmark",
     "env.max_episode_steps",
+    "env.eval_goals",
     "agent.variant",
     "agent.hidden_dim",
     "agent.num_layers",
@@ -169,21 +171,34 @@ def _hyper_batches(replay: MultiTaskReplay, batch_per_task: int, validation_task
     return HyperBatches(train=lambda: replay.sample(batch_per_task), val=val, val_tasks=rows)
 
 
-def make_env(cfg: Config, seed: int, evaluation: bool = False) -> MultiTaskEnv:
+def make_env(cfg: Config, seed: int, evaluation: bool = False, goal_seed: int | None = None) -> MultiTaskEnv:
     """One environment of ``cfg.env``: ``Point-<K>`` benchmarks are the synthetic point-mass tasks
-    of ``envs.synthetic``, everything else is MetaWorld. Evaluation envs may end on success."""
-    env_class = PointMassEnv if is_point_benchmark(cfg.env.benchmark) else MultiTaskEnv
-    return env_class(
-        cfg.env.benchmark,
-        seed=seed,
-        max_episode_steps=cfg.env.max_episode_steps,
-        terminate_on_success=evaluation and cfg.env.eval_terminate_on_success,
-    )
+    of ``envs.synthetic``, everything else is MetaWorld (in ``env.workers`` processes when > 1).
+    Evaluation envs may end on success; ``goal_seed`` picks the MetaWorld goal set (default ``seed``)."""
+    terminate = evaluation and cfg.env.eval_terminate_on_success
+    if is_point_benchmark(cfg.env.benchmark):
+        if cfg.env.workers > 1:
+            raise ConfigError(f"env.workers: {cfg.env.workers} needs a MetaWorld benchmark; {cfg.env.benchmark} runs in process (env.workers: 1)")
+        return PointMassEnv(cfg.env.benchmark, seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate)
+    options = dict(seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate, goal_seed=goal_seed)
+    if cfg.env.workers > 1:
+        return ParallelMultiTaskEnv(cfg.env.benchmark, workers=cfg.env.workers, **options)
+    return MultiTaskEnv(cfg.env.benchmark, **options)
+
+
+def eval_goal_seed(cfg: Config, goals: str | None = None) -> int:
+    """Seed of the evaluation goal set: the training env's for ``train`` (the default
+    ``env.eval_goals``), a disjoint set (another seed) for ``heldout``."""
+    goals = cfg.env.eval_goals if goals is None else goals
+    if goals not in ("train", "heldout"):
+        raise ConfigError(f"evaluation goals must be one of train, heldout; got {goals!r}")
+    return cfg.seed if goals == "train" else cfg.seed + 10_000
 
 
 def build_envs(cfg: Config) -> tuple[MultiTaskEnv, MultiTaskEnv]:
-    """The training environment and a separately seeded evaluation environment."""
-    return make_env(cfg, cfg.seed), make_env(cfg, cfg.seed + 10_000, evaluation=True)
+    """The training environment and a separately seeded evaluation environment on the goal set
+    ``env.eval_goals`` names."""
+    return make_env(cfg, cfg.seed), make_env(cfg, cfg.seed + 10_000, evaluation=True, goal_seed=eval_goal_seed(cfg))
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool) -> dict[str, Any] | None:
@@ -485,16 +500,20 @@ def checkpoint_policy(state: dict[str, Any], obs_dim: int, action_dim: int, num_
     return policy
 
 
-def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto") -> EvalResult:
-    """Evaluate the newest valid checkpoint of ``run_dir``; print per-task success and return the result."""
+def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto", goals: str | None = None) -> EvalResult:
+    """Evaluate the newest valid checkpoint of ``run_dir``; print per-task success and return the result.
+
+    ``goals``: "train" or "heldout" (as ``env.eval_goals``); default the run's ``env.eval_goals``
+    ("train" for runs written before that key existed: the training goals)."""
     state, path = ckpt.load_latest(run_dir)
     cfg = config_from_dict(state["config"])
-    env = make_env(cfg, cfg.seed + 20_000, evaluation=True)
+    goals = cfg.env.eval_goals if goals is None else goals
+    env = make_env(cfg, cfg.seed + 20_000, evaluation=True, goal_seed=eval_goal_seed(cfg, goals))
     policy = checkpoint_policy(state, env.obs_dim, env.action_dim, env.num_tasks, device)
     result = evaluate(policy, env, episodes)
     env.close()
     rates = [float(x) for x in result.success_rate]
-    print(f"{path} (step {state['step']}), {episodes} episode(s) per task")
+    print(f"{path} (step {state['step']}), {episodes} episode(s) per task, {goals} goals")
     for name, rate in zip(env.task_names, rates):
         print(f"  {name:32s} {rate:.3f}")
     print(f"  {'mean':32s} {float(np.mean(rates)):.3f}")

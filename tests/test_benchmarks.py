@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import aggregators, collect, jacobian, update
@@ -66,6 +67,21 @@ def test_collect_benchmark_runs(tmp_path):
     out = tmp_path / "collect.json"
     assert collect.main(["--benchmark", "MT1-reach-v3", "--steps", "20", "--repeats", "1", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["ratio"] > 0
+
+
+def test_collect_benchmark_compares_workers_with_in_process(tmp_path):
+    out = tmp_path / "workers.json"
+    argv = ["--workers", "1", "--benchmarks", "MT1-reach-v3", "--steps", "10", "--repeats", "1", "--json", str(out)]
+    assert collect.main(argv) == 0
+    comparison = json.loads(out.read_text())["comparisons"]["mt1-reach-v3_workers_vs_inprocess"]
+    assert comparison["ratio"] > 0 and comparison["compute_bound_limit"] == 1.0
+    assert list(comparison["task_step_ms"]) == ["reach-v3"]
+
+
+def test_compute_bound_speedup_is_set_by_the_slowest_worker():
+    assert collect.compute_bound_speedup(np.ones(10), 2) == 2.0
+    assert collect.compute_bound_speedup(np.ones(10), 16) == 10.0  # at most one worker per task
+    assert collect.compute_bound_speedup(np.array([3.0, 1.0, 1.0, 1.0]), 2) == 1.5  # tasks 0, 2 | 1, 3
 
 
 def test_auxinash_toy_study_runs_each_kind_of_reading():

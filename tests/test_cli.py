@@ -40,7 +40,7 @@ def test_quick_config_trains_then_evaluate_reads_the_run(tmp_path):
     proc = mtrl("evaluate", str(run), "--episodes", "1", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
-    assert "(step 600)" in lines[0]
+    assert "(step 600)" in lines[0] and "train goals" in lines[0]  # the run's env.eval_goals (default)
     rates = {line.split()[0]: float(line.split()[1]) for line in lines[1:]}
     assert list(rates) == [*names, "mean"]
     assert all(0.0 <= r <= 1.0 for r in rates.values())

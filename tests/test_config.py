@@ -38,6 +38,7 @@ def test_every_registry_method_has_an_mt10_config():
         ({"train": {"progress": "yes"}}, "train.progress must be a bool"),
         ({"device": "gpu"}, "device must be one of auto, cpu, cuda, cuda:N, mps; got 'gpu'"),
         ({"seed": -1}, "seed must be >= 0, got -1"),
+        ({"env": {"eval_goals": "test"}}, "env.eval_goals must be one of train, heldout; got 'test'"),
         ({"aggregator": {"name": "nash"}}, "unknown aggregator 'nash'; registered: auxilearn, auxinash, cagrad"),
         ({"aggregator": {"name": "nashmtl", "options": {"T": 5}}}, "unknown option(s) ['T'] for aggregator 'nashmtl'; accepted: update_every"),
         ({"aggregator": {"name": "cagrad", "options": {"c": -1}}}, "invalid value -1 for option 'c'"),

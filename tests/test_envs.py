@@ -3,19 +3,23 @@
 
 Properties that belong to MetaWorld are checked against raw MetaWorld envs driven by hand: a
 "raw twin" is a fresh MetaWorld env of the same task, set to the goal variation whose reset
-observation equals the wrapper's, then stepped with the same actions. Benchmarks are kept small
-(MT1-reach-v3, one MT10 build, short episodes); MT50 is built once, for its task names, in the
-slow tests.
+observation equals the wrapper's, then stepped with the same actions. Checkpoint round trips are
+checked against a twin env (see the checkpoints section). Benchmarks are kept small (MT1 envs,
+two MT10 builds, short episodes); MT50 is built in the slow tests only.
 """
 
 from __future__ import annotations
 
+import io
+
 import metaworld
 import numpy as np
 import pytest
+import torch
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+from metaworld.policies import ENV_POLICY_MAP
 
-from envs.metaworld import MAX_PATH_LENGTH, MultiTaskEnv, benchmark_task_names
+from envs.metaworld import MAX_PATH_LENGTH, MultiTaskEnv, _plain_attributes, _same, _sim_state, benchmark_task_names
 from envs.synthetic import PointMassEnv
 from mtrl.evaluate import evaluate
 from tests.helpers import reach_controller, through_torch_save
@@ -64,15 +68,12 @@ def raw_twin(name: str, tasks: list, first_obs: np.ndarray):
     return twin
 
 
-@pytest.fixture(scope="module")
-def reach_goals() -> list:
-    """The 50 reach-v3 goal variations an MT1 env draws from (MetaWorld's MT1 set, seed 0)."""
-    return metaworld.MT1("reach-v3", seed=0).train_tasks
+MT10_EPISODE = 60  # the experts of noisy_experts need about that long to succeed
 
 
 @pytest.fixture(scope="module")
 def mt10():
-    env = MultiTaskEnv("MT10", seed=0, max_episode_steps=3)
+    env = MultiTaskEnv("MT10", seed=0, max_episode_steps=MT10_EPISODE)
     yield env
     env.close()
 
@@ -161,9 +162,10 @@ def test_same_seed_same_trajectory_and_another_seed_differs():
 
 
 # ---- episode ends -------------------------------------------------------------------------------
-def test_truncated_episode_hands_over_metaworlds_final_observation(reach_goals):
+def test_truncated_episode_hands_over_metaworlds_final_observation():
     length = 25
     env = MultiTaskEnv("MT1-reach-v3", seed=0, max_episode_steps=length)
+    reach_goals = env.goal_sets[0]
     try:
         first = env.reset()
         twin = raw_twin("reach-v3", reach_goals, first[0])
@@ -202,11 +204,11 @@ def first_success_actions(twin) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("terminate_on_success", [False, True])
-def test_success_of_the_finished_episode_comes_from_its_last_step(reach_goals, terminate_on_success):
+def test_success_of_the_finished_episode_comes_from_its_last_step(terminate_on_success):
     """Episodes cut exactly at the first successful step (per raw MetaWorld) count as successes;
     cut one step earlier they do not."""
     probe = MultiTaskEnv("MT1-reach-v3", seed=3)
-    twin = raw_twin("reach-v3", reach_goals, probe.reset()[0])
+    twin = raw_twin("reach-v3", probe.goal_sets[0], probe.reset()[0])
     probe.close()
     actions = first_success_actions(twin)
     twin.close()
@@ -240,9 +242,132 @@ def test_default_episode_is_metaworlds_500_steps():
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
+# A state must carry everything the next step depends on. These tests find what that is rather
+# than trust a list: a twin env (other RNG seeds, stepped elsewhere) loads the state and must then
+# hold the same MetaWorld env objects (every plain attribute, MuJoCo's integration state, every
+# MjModel array, the RNGs) and step bit-identically through the rest of the episode and the next.
+def noisy_experts(env, seed: int):
+    """MetaWorld's scripted expert of each task plus Gaussian noise: it reaches, grasps, pushes and
+    succeeds now and then, so contacts and success flags occur (uniform actions touch little)."""
+    policies = [ENV_POLICY_MAP[name]() for name in env.task_names]
+    rng = np.random.default_rng(seed)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        actions = np.stack([p.get_action(o.astype(np.float64)) for p, o in zip(policies, obs)])
+        return np.clip(actions + rng.normal(0.0, 0.3, actions.shape), -1.0, 1.0).astype(np.float32)
+
+    return act
+
+
+def model_arrays(model) -> dict[str, np.ndarray]:
+    return {name: getattr(model, name) for name in dir(model)
+            if not name.startswith("_") and isinstance(getattr(model, name, None), np.ndarray)}
+
+
+def assert_same_metaworld_state(a: MultiTaskEnv, b: MultiTaskEnv) -> None:
+    """The MetaWorld env objects of ``a`` and ``b`` agree in everything a step can read."""
+    for k, name in enumerate(a.task_names):
+        x, y = a._envs[k], b._envs[k]
+        px, py = _plain_attributes(x), _plain_attributes(y)
+        assert px.keys() == py.keys(), name
+        for attribute in px:
+            assert _same(px[attribute], py[attribute]), f"{name}: attribute {attribute} differs"
+        assert np.array_equal(_sim_state(x), _sim_state(y)), f"{name}: MuJoCo integration state differs"
+        mx, my = model_arrays(x.model), model_arrays(y.model)
+        for field in mx:
+            assert np.array_equal(mx[field], my[field], equal_nan=True), f"{name}: model.{field} differs"
+        assert x.np_random.bit_generator.state == y.np_random.bit_generator.state, f"{name}: env RNG differs"
+        assert a._task_rngs[k].bit_generator.state == b._task_rngs[k].bit_generator.state, f"{name}: goal RNG differs"
+
+
+def assert_resumes_exactly(source, twin, policy, before: int, after: int) -> list:
+    """Run ``source`` ``before`` steps, load its state into ``twin`` (first stepped somewhere else),
+    then step both ``after`` steps with the same actions; every field of every step must agree."""
+    obs = source.reset()
+    for _ in range(before):
+        obs = source.step(policy(obs)).obs
+    twin.reset()
+    play(twin, uniform_actions(twin, 5, seed=9))
+    assert np.array_equal(twin.load_state_dict(through_torch_save(source.state_dict())), obs)
+    assert_same_metaworld_state(source, twin)
+    results = []
+    for i in range(after):
+        actions = policy(obs)
+        x, y = source.step(actions), twin.step(actions)
+        for field in STEP_FIELDS:
+            assert np.array_equal(getattr(x, field), getattr(y, field)), f"step {i} after the load: {field} differs"
+        results.append(x)
+        obs = x.obs
+    assert_same_metaworld_state(source, twin)
+    return results
+
+
+@pytest.fixture(scope="module")
+def mt10_twin():
+    """A second MT10 env on the same goal set with other RNG seeds."""
+    env = MultiTaskEnv("MT10", seed=9, goal_seed=0, max_episode_steps=MT10_EPISODE)
+    yield env
+    env.close()
+
+
+@pytest.mark.filterwarnings("ignore:Constant")
+def test_every_mt10_task_resumes_bit_exactly_mid_episode(mt10, mt10_twin):
+    """Saved 20 steps into the second episode; compared over the rest of it and the whole next one
+    (whose goal the restored RNG draws)."""
+    results = assert_resumes_exactly(mt10, mt10_twin, noisy_experts(mt10, seed=0), before=MT10_EPISODE + 20, after=2 * MT10_EPISODE - 20)
+    assert any(r.success.any() for r in results) and sum(r.episode_done.sum() for r in results) == 2 * mt10.num_tasks
+
+
+#: MT50 tasks outside MT10 that move objects, write the model on reset or grasp (built as MT1).
+MT50_SAMPLE = ["assembly-v3", "bin-picking-v3", "coffee-pull-v3", "faucet-open-v3", "hammer-v3",
+               "shelf-place-v3", "stick-pull-v3", "sweep-into-v3"]
+
+
+@pytest.mark.filterwarnings("ignore:Constant")
+@pytest.mark.parametrize("task", MT50_SAMPLE)
+def test_mt50_sample_resumes_bit_exactly_mid_episode(task):
+    source = MultiTaskEnv(f"MT1-{task}", seed=1, max_episode_steps=60)
+    twin = MultiTaskEnv(f"MT1-{task}", seed=2, goal_seed=1, max_episode_steps=60)
+    try:
+        assert_resumes_exactly(source, twin, noisy_experts(source, seed=1), before=80, after=100)
+    finally:
+        source.close()
+        twin.close()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Constant")
+def test_every_mt50_task_resumes_bit_exactly_mid_episode():  # two MT50 builds, about 2 minutes
+    source = MultiTaskEnv("MT50", seed=0, max_episode_steps=60)
+    twin = MultiTaskEnv("MT50", seed=3, goal_seed=0, max_episode_steps=60)
+    try:
+        results = assert_resumes_exactly(source, twin, noisy_experts(source, seed=0), before=80, after=100)
+        assert sum(r.success.sum() for r in results) > 0
+    finally:
+        source.close()
+        twin.close()
+
+
+def test_evaluation_env_resumes_bit_exactly_across_terminations_on_success():
+    """terminate_on_success (evaluation envs): episodes of irregular length, each ended by success."""
+    source = MultiTaskEnv("MT1-reach-v3", seed=4, max_episode_steps=150, terminate_on_success=True)
+    twin = MultiTaskEnv("MT1-reach-v3", seed=5, goal_seed=4, max_episode_steps=150, terminate_on_success=True)
+    rng = np.random.default_rng(0)
+
+    def policy(obs):
+        return np.clip(reach_controller(obs) + rng.normal(0.0, 0.5, (1, 4)), -1, 1).astype(np.float32)
+
+    try:
+        results = assert_resumes_exactly(source, twin, policy, before=23, after=150)
+        assert sum(bool(r.terminated[0]) for r in results) >= 2
+    finally:
+        source.close()
+        twin.close()
+
+
 def test_state_saved_at_an_episode_boundary_reproduces_the_trajectory():
     env = MultiTaskEnv("MT1-window-open-v3", seed=2, max_episode_steps=8)
-    other = MultiTaskEnv("MT1-window-open-v3", seed=11, max_episode_steps=8)
+    other = MultiTaskEnv("MT1-window-open-v3", seed=11, goal_seed=2, max_episode_steps=8)
     try:
         env.reset()
         boundary = play(env, uniform_actions(env, 8, seed=0))[-1]
@@ -259,18 +384,48 @@ def test_state_saved_at_an_episode_boundary_reproduces_the_trajectory():
         other.close()
 
 
-def test_state_saved_mid_episode_restarts_that_episode():
+def test_state_before_the_first_reset_gives_the_same_first_episodes():
+    """An evaluation env is checkpointed before its first evaluation: its RNGs are all there is."""
+    env = MultiTaskEnv("MT1-reach-v3", seed=6, max_episode_steps=10)
+    other = MultiTaskEnv("MT1-reach-v3", seed=7, goal_seed=6, max_episode_steps=10)
+    try:
+        state = through_torch_save(env.state_dict())
+        assert state["started"].tolist() == [False]
+        other.reset()
+        other.load_state_dict(state)
+        assert np.array_equal(other.reset(), env.reset())
+        actions = uniform_actions(env, 25, seed=1)
+        assert_same_steps(play(other, actions), play(env, actions))
+    finally:
+        env.close()
+        other.close()
+
+
+def test_state_of_the_earlier_format_restarts_the_episodes_in_progress():
+    """Checkpoints written before environment states were complete held only the RNG snapshots
+    of the latest resets: they still load, replaying those resets (with a warning mid-episode)."""
     env = MultiTaskEnv("MT1-reach-v3", seed=6, max_episode_steps=10)
     try:
         first = env.reset()
         play(env, uniform_actions(env, 4, seed=0))
         state = env.state_dict()
-        assert state["episode_step"].tolist() == [4]
-        assert np.array_equal(env.load_state_dict(state), first)
+        legacy = {"task_rng": state["reset_task_rng"], "env_rng": state["reset_env_rng"], "episode_step": state["episode_step"]}
+        with pytest.warns(UserWarning, match="restart"):
+            assert np.array_equal(env.load_state_dict(legacy), first)
         done = [bool(r.episode_done[0]) for r in play(env, uniform_actions(env, 10, seed=1))]
         assert done == [False] * 9 + [True]  # a whole episode after the restart
     finally:
         env.close()
+
+
+def test_state_is_small_and_loads_with_weights_only(mt10):
+    mt10.reset()
+    play(mt10, uniform_actions(mt10, 5, seed=0))
+    buffer = io.BytesIO()
+    torch.save(mt10.state_dict(), buffer)
+    assert buffer.tell() < 80_000  # MT10: about 52 KB (docs/checkpoints.md)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)
 
 
 def test_state_of_another_task_count_is_refused(mt10):
@@ -278,6 +433,50 @@ def test_state_of_another_task_count_is_refused(mt10):
     with pytest.raises(ValueError, match="1 tasks"):
         mt10.load_state_dict(env.state_dict())
     env.close()
+
+
+def test_state_of_another_goal_set_is_flagged():
+    env = MultiTaskEnv("MT1-reach-v3", seed=0, max_episode_steps=10)
+    other = MultiTaskEnv("MT1-reach-v3", seed=1, max_episode_steps=10)
+    try:
+        env.reset()
+        with pytest.warns(UserWarning, match="goal set"):
+            other.load_state_dict(env.state_dict())
+    finally:
+        env.close()
+        other.close()
+
+
+# ---- goal sets ----------------------------------------------------------------------------------
+def test_goal_set_follows_the_seed_like_metaworlds_make_vec():
+    """``gym.make_vec("Meta-World/MT1", seed=s)`` samples its goals with metaworld.MT1(task, seed=s);
+    so does this env (with goal_seed defaulting to seed), and goal_seed overrides it."""
+    import gymnasium as gym
+
+    vec = gym.make_vec("Meta-World/MT1", env_name="reach-v3", seed=4, vector_strategy="sync")
+    theirs = [task.data for task in vec.get_attr("tasks")[0]]
+    vec.close()
+    assert [task.data for task in MultiTaskEnv("MT1-reach-v3", seed=4).goal_sets[0]] == theirs
+    assert [task.data for task in MultiTaskEnv("MT1-reach-v3", seed=9, goal_seed=4).goal_sets[0]] == theirs
+    assert not set(theirs) & {task.data for task in MultiTaskEnv("MT1-reach-v3", seed=5).goal_sets[0]}
+
+
+def test_a_task_steps_the_same_in_any_slice_of_tasks():
+    """What env workers rely on: a task is seeded by its benchmark index, not by its row."""
+    part = MultiTaskEnv("MT10", seed=0, max_episode_steps=20, tasks=[3, 4, 5])
+    alone = MultiTaskEnv("MT10", seed=0, max_episode_steps=20, tasks=[4])
+    try:
+        assert part.task_names == MT10_ORDER[3:6] and alone.task_names == [MT10_ORDER[4]]
+        assert np.array_equal(part.reset()[1:2], alone.reset())
+        actions = uniform_actions(part, 45, seed=4)
+        for x, y in zip(play(part, actions), play(alone, actions[:, 1:2])):
+            for field in STEP_FIELDS:
+                assert np.array_equal(getattr(x, field)[1:2], getattr(y, field)), field
+    finally:
+        part.close()
+        alone.close()
+    with pytest.raises(ValueError, match=r"distinct indices in \[0, 10\)"):
+        MultiTaskEnv("MT10", seed=0, tasks=[3, 10])
 
 
 # ---- the synthetic point-mass env ---------------------------------------------------------------

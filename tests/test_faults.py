@@ -122,8 +122,9 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_cleanly(straight, tmp_p
     resumed = subprocess.run(cmd[:-2] + ["--run-dir", str(run), "--resume", str(run)], env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
-    rows = (run / "eval.csv").read_text().splitlines()
-    assert len(rows) == len(set(rows)) == len((straight / "eval.csv").read_text().splitlines())
+    # the checkpoint fell at whatever step the signal arrived, mostly inside an episode: exact anyway
+    assert (run / "eval.csv").read_text() == (straight / "eval.csv").read_text()
+    _assert_same_tensors(load_latest(run)[0]["agent"], load_latest(straight)[0]["agent"])
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")

@@ -124,7 +124,7 @@ def test_metaworld_env_of_the_run_seed_has_the_training_goal_set(quick_mt10_run)
     envs = make_metaworld_envs("MT10", seed=cfg.seed, max_episode_steps=20)
     try:
         assert env_task_names(envs) == MT10 and metaworld_obs_dim(envs, "MT10") == 39
-        for name, tasks, ours in zip(MT10, envs.get_attr("tasks"), env._goals):
+        for name, tasks, ours in zip(MT10, envs.get_attr("tasks"), env.goal_sets):
             theirs = np.array([pickle.loads(t.data)["rand_vec"] for t in tasks])
             mine = np.array([pickle.loads(t.data)["rand_vec"] for t in ours])
             assert theirs.shape == (50, mine.shape[1]) and np.array_equal(theirs, mine), name

@@ -1,8 +1,10 @@
-"""Exact resume (issue 5): a run killed with SIGKILL after a checkpoint and resumed produces the
-same eval.csv and bit-identical final parameters as the uninterrupted run.
+"""Exact resume (issues 5 and 14): a run killed with SIGKILL after a checkpoint, or stopped by
+SIGTERM at any step, and resumed produces the same eval.csv, logged losses and bit-identical
+final parameters as the uninterrupted run, also when the checkpoint falls in the middle of an
+episode and when the environments run in worker processes.
 
 Runs are subprocesses of the real CLI. The synthetic ``Point-3`` benchmark keeps each run to a
-few seconds; one MetaWorld test checks the environment state round trip on real MT10 tasks.
+few seconds; the MetaWorld tests run a shortened ``configs/quick.yaml`` (MT10).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _train(config: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProc
 def _train_and_kill(config: Path, run_dir: Path, after_checkpoints: int) -> None:
     cmd = [sys.executable, "-m", "mtrl.cli", "train", str(config), "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     while len(list_checkpoints(run_dir)) < after_checkpoints:
         if proc.poll() is not None:
             raise AssertionError(f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
@@ -123,3 +125,140 @@ def test_sigkill_then_resume_is_bit_exact(label, tmp_path):
 def _logged(run_dir: Path) -> list:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(row["step"], {k: v for k, v in row.items() if "loss" in k}) for row in rows]
+
+
+def test_sigkill_after_a_mid_episode_checkpoint_then_resume_is_bit_exact(tmp_path):
+    """checkpoint.every = 70 with 25-step episodes: every checkpoint falls inside an episode."""
+    base = {**POINT, "checkpoint": {"every": 70, "keep": 2}}
+    config = _write_config(tmp_path / "config.yaml", base, AGGREGATORS["ls"])
+    straight = _train(config, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = tmp_path / "killed"
+    _train_and_kill(config, killed, after_checkpoints=2)
+    resumed = _train(config, killed, "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_runs(killed, tmp_path / "straight")
+
+
+def _assert_same_runs(run: Path, reference: Path) -> None:
+    assert (run / "eval.csv").read_text() == (reference / "eval.csv").read_text()
+    assert _logged(run) == _logged(reference)
+    _assert_same_tensors(_final_parameters(run), _final_parameters(reference))
+
+
+# ---- MetaWorld: configs/quick.yaml, shortened -----------------------------------------------------
+QUICK_EPISODE = 40
+QUICK_OVERRIDES = {  # checkpoint.every is no multiple of the episode length: mid-episode checkpoints
+    "device": "cpu",
+    "env": {"max_episode_steps": QUICK_EPISODE},
+    "agent": {"hidden_dim": 32},
+    "train": {"total_steps": 240, "warmup_steps": 60, "batch_size": 80, "replay_capacity": 4000,
+              "eval_every": 120, "eval_episodes": 1, "log_every": 20, "progress": False},
+    "checkpoint": {"every": 70, "keep": 2},
+}
+
+
+def _quick_config(path: Path, workers: int) -> Path:
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "quick.yaml").read_text())
+    for section, values in QUICK_OVERRIDES.items():
+        if isinstance(values, dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    data["env"]["workers"] = workers
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _start_in_own_group(config: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    """The CLI in a new session, so that a signal can go to its whole process group (workers
+    included), as a terminal's Ctrl-C or a scheduler's SIGTERM would."""
+    cmd = [sys.executable, "-m", "mtrl.cli", "train", str(config), "--run-dir", str(run_dir), *extra]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path) -> None:
+    deadline = time.monotonic() + 900
+    while not list_checkpoints(run_dir):
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before its first checkpoint: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("no checkpoint appeared")
+        time.sleep(0.05)
+
+
+def _group_gone(pgid: int, within: float = 30.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="module")
+def quick_straight(tmp_path_factory) -> Path:
+    """The uninterrupted reference run, in process (env.workers: 1)."""
+    root = tmp_path_factory.mktemp("quick")
+    result = _train(_quick_config(root / "config.yaml", workers=1), root / "straight")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "straight"
+
+
+def test_metaworld_sigterm_to_the_process_group_mid_episode_with_two_workers_resumes_bit_exactly(quick_straight, tmp_path):
+    """SIGTERM to the trainer and its env workers at an arbitrary step after the first (mid-episode)
+    checkpoint: the workers outlive it, the trainer checkpoints at that step, and the run resumed
+    with two workers ends like the uninterrupted in-process run."""
+    config = _quick_config(tmp_path / "config.yaml", workers=2)
+    run = tmp_path / "run"
+    proc = _start_in_own_group(config, run)
+    _wait_for_checkpoint(proc, run)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "SIGTERM received" in stderr
+    assert _group_gone(proc.pid), "env workers outlived the trainer"
+    state, _ = load_latest(run)
+    assert state["step"] < QUICK_OVERRIDES["train"]["total_steps"]
+    resumed = _start_in_own_group(config, run, "--resume", str(run))
+    _, stderr = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert _group_gone(resumed.pid)
+    _assert_same_runs(run, quick_straight)
+
+
+@pytest.mark.slow
+def test_metaworld_sigkill_after_a_mid_episode_checkpoint_resumes_bit_exactly(quick_straight, tmp_path):
+    config = _quick_config(tmp_path / "config.yaml", workers=1)
+    killed = tmp_path / "killed"
+    _train_and_kill(config, killed, after_checkpoints=1)
+    state, _ = load_latest(killed)
+    assert state["step"] % QUICK_EPISODE != 0  # the checkpoint fell inside an episode
+    resumed = _train(config, killed, "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_runs(killed, quick_straight)
+
+
+@pytest.mark.slow
+def test_metaworld_sigkill_with_two_workers_leaves_no_worker_and_resumes_bit_exactly(quick_straight, tmp_path):
+    """SIGKILL of the trainer alone: its workers notice the closed pipe and exit."""
+    config = _quick_config(tmp_path / "config.yaml", workers=2)
+    run = tmp_path / "run"
+    proc = _start_in_own_group(config, run)
+    _wait_for_checkpoint(proc, run)
+    proc.kill()
+    proc.wait()
+    assert _group_gone(proc.pid), "env workers outlived a SIGKILLed trainer"
+    resumed = _train(config, run, "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_runs(run, quick_straight)
+
+
+@pytest.mark.slow
+def test_metaworld_two_workers_and_in_process_give_identical_runs(quick_straight, tmp_path):
+    result = _train(_quick_config(tmp_path / "config.yaml", workers=2), tmp_path / "two")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_runs(tmp_path / "two", quick_straight)

@@ -14,7 +14,7 @@ import yaml
 
 from mtrl.aggregators import REGISTRY
 from mtrl.config import apply_overrides, config_from_dict
-from mtrl.train import build_envs, train
+from mtrl.train import build_envs, eval_goal_seed, train
 
 TINY = [
     "env.max_episode_steps=50",
@@ -72,3 +72,28 @@ def test_every_method_trains_on_mt10_and_writes_all_outputs(method, mt10_envs, t
         evals = [line for line in lines if "eval/main_success" in line]
         assert [line["step"] for line in evals] == [125, 250]
         assert evals[-1]["eval/main_success"] == float(rows[-1]["reach-v3"])
+
+
+def _goal_data(env) -> list[list[bytes]]:
+    return [[task.data for task in goals] for goals in env.goal_sets]
+
+
+def test_evaluation_env_draws_from_the_training_goals(mt10_envs):
+    """env.eval_goals: train (the default, MetaWorld's protocol): the same 50 goal variations per
+    task as the training env, drawn in another order by the evaluation env's own RNG."""
+    env, eval_env = mt10_envs
+    assert _goal_data(eval_env) == _goal_data(env)
+    assert all(len(goals) == 50 for goals in env.goal_sets)
+    assert eval_env._task_rngs[0].bit_generator.state != env._task_rngs[0].bit_generator.state
+
+
+def test_heldout_evaluation_goals_share_none_with_training():
+    cfg = config_from_dict({"seed": 2, "env": {"benchmark": "MT1-reach-v3", "eval_goals": "heldout"}})
+    env, eval_env = build_envs(cfg)
+    try:
+        assert env.goal_seed == 2 and eval_env.goal_seed == eval_goal_seed(cfg) == 10_002
+        assert not set(_goal_data(env)[0]) & set(_goal_data(eval_env)[0])
+    finally:
+        env.close()
+        eval_env.close()
+    assert eval_goal_seed(cfg, "train") == 2
