@@ -22,7 +22,7 @@ def mtrl(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def test_quick_config_trains_then_evaluate_reads_the_run(tmp_path):
     run = tmp_path / "quick"
     short = [
-        "train.total_steps=600", "train.warmup_steps=200", "train.eval_every=300", "checkpoint.every=200",
+        "train.total_steps=400", "train.warmup_steps=200", "train.eval_every=200", "checkpoint.every=150",
         "env.max_episode_steps=100", "train.progress=false",
     ]
     proc = mtrl("train", "configs/quick.yaml", "--seed", "3", "--device", "cpu", "--run-dir", str(run),
@@ -33,14 +33,14 @@ def test_quick_config_trains_then_evaluate_reads_the_run(tmp_path):
     with open(run / "eval.csv") as handle:
         rows = list(csv.DictReader(handle))
     names = benchmark_task_names("MT10")
-    assert [int(r["step"]) for r in rows] == [300, 600]
+    assert [int(r["step"]) for r in rows] == [200, 400]
     assert list(rows[0]) == ["step", "mean_success", *names]
     assert "seed: 3" in (run / "config.yaml").read_text()
 
     proc = mtrl("evaluate", str(run), "--episodes", "1", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
-    assert "(step 600)" in lines[0] and "train goals" in lines[0]  # the run's env.eval_goals (default)
+    assert "(step 400)" in lines[0] and "train goals" in lines[0]  # the run's env.eval_goals (default)
     rates = {line.split()[0]: float(line.split()[1]) for line in lines[1:]}
     assert list(rates) == [*names, "mean"]
     assert all(0.0 <= r <= 1.0 for r in rates.values())

@@ -46,6 +46,7 @@ def test_success_rises_on_synthetic_multitask_env(method, tmp_path):
     assert max(success[-2:]) >= 0.9, success
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["auxinash", "auxilearn"])
 def test_main_task_methods_learn_the_main_task(method, tmp_path):
     """Main-task mode (point-1 main, two auxiliaries): the outer steps run during training and
@@ -59,6 +60,7 @@ def test_main_task_methods_learn_the_main_task(method, tmp_path):
     assert max(main[-2:]) >= 0.9, main
 
 
+@pytest.mark.slow
 def test_pivrg_learns_with_performance_weights(tmp_path):
     train(config_from_dict(point_config("pivrg")), tmp_path)
     with open(tmp_path / "eval.csv") as handle:

@@ -103,7 +103,14 @@ AGGREGATORS = {
 MAIN_TASK = {"auxinash": "point-1", "auxilearn": "point-1"}
 
 
-@pytest.mark.parametrize("label", sorted(AGGREGATORS))
+#: in the default suite: a G-based method with state across the kill (Nash-MTL-T); the others
+#: run with `pytest -m slow` (30 to 50 s each on 2 cores)
+DEFAULT_RESUME = {"nashmtl_t"}
+
+
+@pytest.mark.parametrize("label", [
+    pytest.param(label, marks=() if label in DEFAULT_RESUME else pytest.mark.slow) for label in sorted(AGGREGATORS)
+])
 def test_sigkill_then_resume_is_bit_exact(label, tmp_path):
     base = {**POINT, "main_task": MAIN_TASK[label]} if label in MAIN_TASK else POINT
     config = _write_config(tmp_path / "config.yaml", base, AGGREGATORS[label])

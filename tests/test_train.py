@@ -20,12 +20,12 @@ TINY = [
     "env.max_episode_steps=50",
     "agent.hidden_dim=32",
     "agent.num_layers=2",
-    "train.total_steps=250",
+    "train.total_steps=160",
     "train.warmup_steps=100",
     "train.batch_size=80",
-    "train.eval_every=125",
+    "train.eval_every=80",
     "train.eval_episodes=1",
-    "train.log_every=50",
+    "train.log_every=20",
     "train.progress=false",
     "checkpoint.every=0",
     "device=cpu",
@@ -53,12 +53,12 @@ def test_every_method_trains_on_mt10_and_writes_all_outputs(method, mt10_envs, t
     cfg = tiny_config(method)
     result = train(cfg, tmp_path / method, envs=mt10_envs)
     run = tmp_path / method
-    assert result.steps_done == 250 and not result.interrupted
+    assert result.steps_done == 160 and not result.interrupted
     assert yaml.safe_load((run / "config.yaml").read_text())["aggregator"]["name"] == method
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     with open(run / "eval.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [int(r["step"]) for r in rows] == [125, 250]
+    assert [int(r["step"]) for r in rows] == [80, 160]
     assert list(rows[0])[:4] == ["step", "mean_success", "reach-v3", "push-v3"]
     assert all(0.0 <= float(r["mean_success"]) <= 1.0 for r in rows)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -70,7 +70,7 @@ def test_every_method_trains_on_mt10_and_writes_all_outputs(method, mt10_envs, t
     if method in MAIN_TASK_METHODS:  # main-task mode: outer steps ran, main success is logged
         assert updates[-1]["critic/hypersteps"] >= 1 and updates[-1]["actor/hypersteps"] >= 1
         evals = [line for line in lines if "eval/main_success" in line]
-        assert [line["step"] for line in evals] == [125, 250]
+        assert [line["step"] for line in evals] == [80, 160]
         assert evals[-1]["eval/main_success"] == float(rows[-1]["reach-v3"])
 
 
