@@ -196,10 +196,12 @@ class MTSAC(nn.Module):
     # ---- agent.compile: torch.compile'd pieces of the update --------------------------------------
     def _compiled(self, key: str, build: Callable[[], Callable]) -> Callable:
         """The compiled version of ``build()``, made once per key (static shapes: ``dynamic=False``,
-        so a run compiles each piece once; the first update pays for it)."""
+        so a run compiles each piece once; the first update pays for it). On a CPU the forward
+        and backward graphs are split as eager autograd splits them (``_eager_partition``)."""
         fn = self._compiled_fns.get(key)
         if fn is None:
-            fn = self._compiled_fns[key] = torch.compile(build(), dynamic=False)
+            options = {"custom_partitioner_fn": _eager_partition()} if self.device.type == "cpu" else None
+            fn = self._compiled_fns[key] = torch.compile(build(), dynamic=False, options=options)
         return fn
 
     def _compile_fallback(self, engine: str) -> None:
@@ -213,9 +215,9 @@ class MTSAC(nn.Module):
             warnings.warn(f"agent.compile: G is built eagerly with the {engine!r} engine: {reason}; "
                           "aggregator.jacobian: auto or vmap compiles it", RuntimeWarning, stacklevel=3)
 
-    def _compiled_jacobian(self, name, loss_fn, params, inputs, constants, shared, has_aux, groups) -> JacobianResult:
-        """G through one compiled ``vmap(grad_and_value(loss))`` over the task dimension (the
-        "vmap" engine, compiled); reduced rows (CAGrad-Fast) are the group means of its rows."""
+    def _compiled_jacobian(self, name, loss_fn, params, inputs, constants, shared, has_aux) -> JacobianResult:
+        """G [K, P] through one compiled ``vmap(grad_and_value(loss))`` over the task dimension
+        (the "vmap" engine, compiled)."""
         keys = list(constants)
 
         def build() -> Callable:
@@ -235,12 +237,7 @@ class MTSAC(nn.Module):
 
         G, value, other = self._compiled(f"jacobian/{name}", build)(params, *inputs, *constants.values())
         losses, aux = value if has_aux else (value, None)
-        losses = losses.detach()
-        if groups is not None:
-            index = [g.to(G.device) for g in groups]
-            G = torch.stack([G[i].mean(0) for i in index])
-            losses = torch.stack([losses[i].mean() for i in index])
-        return JacobianResult(G, losses, None if aux is None else aux.detach(), other)
+        return JacobianResult(G, losses.detach(), None if aux is None else aux.detach(), other)
 
     def _hyper_context(
         self, module: nn.Module, loss_fn, make_inputs, constants: dict[str, Any], agg: Aggregator,
@@ -382,9 +379,12 @@ class MTSAC(nn.Module):
 
     def _jacobian(self, name, loss_fn, params, inputs, constants, shared, module, has_aux, groups):
         if self.cfg.compile:
-            if self.jacobian_method in ("auto", "vmap"):
-                return self._compiled_jacobian(name, loss_fn, params, inputs, constants, shared, has_aux, groups)
-            self._compile_fallback(self.jacobian_method)
+            if self.jacobian_method not in ("auto", "vmap"):
+                self._compile_fallback(self.jacobian_method)
+            elif groups is None:
+                return self._compiled_jacobian(name, loss_fn, params, inputs, constants, shared, has_aux)
+            # else reduced rows (CAGrad-Fast): the eager grouped Jacobian computes only those rows;
+            # the compiled full G and its group means cost more (paper size: 1.38x the eager update)
 
         def one_task(p: dict[str, Tensor], *args: Tensor) -> Any:
             return loss_fn(p, *args, **constants)
@@ -451,3 +451,31 @@ class MTSAC(nn.Module):
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+
+
+def _eager_partition():
+    """AOTAutograd's default partition (the backward keeps what eager autograd keeps) as an
+    inductor partitioner, for compiled pieces on a CPU.
+
+    Inductor's min-cut partitioner saves ReLU's backward as a bool mask (1 byte instead of the
+    4-byte output), and with torch 2.13 inductor's C++ code stores bool tensors slowly: on the
+    2-core Xeon of docs/benchmarks.md a compiled ``y <= 0`` over [1280, 400] took 6.2 ms against
+    eager's 0.40 ms, which made the compiled LS update of the paper networks 1.8x slower than
+    eager. Saving the float outputs instead, as eager does, removes those stores (the mask is
+    recomputed inside the fused backward kernel). On CUDA the min-cut stays: Triton's stores are
+    fast and the smaller saved tensors matter there.
+    """
+    from torch._functorch.partitioners import default_partition
+    from torch._inductor.custom_graph_pass import CustomPartitionerFn
+
+    class EagerPartition(CustomPartitionerFn):
+        def __call__(self, gm, joint_inputs, **kwargs):
+            kwargs.pop("compiler", None)
+            kwargs.pop("static_lifetime_input_indices", None)
+            return default_partition(gm, joint_inputs, **kwargs)
+
+        def uuid(self):
+            return "mtrl-eager-partition-v1"
+
+    return EagerPartition()
+
