@@ -356,16 +356,16 @@ class MTSAC(nn.Module):
             coefficients = out.coefficients if groups is None else None
             gram = out.gram if groups is None else None
         metrics[f"{name}/loss"] = losses.detach().mean()
-        skipped = self._gated_step(optimizer, losses)
-        metrics[f"skipped_{name}"] = skipped
-        metrics[f"{name}/time"] = time.perf_counter() - t0
-        if diagnostics:
+        if diagnostics:  # before the step: G and d at the parameters the direction was computed at
             direction = torch.cat([p.grad.reshape(-1) for p in shared_params])  # [P], as stepped
             G = None
             if gram is None or coefficients is None:  # no-G path or reduced rows: one extra pass
                 params = {n: p.detach() for n, p in named.items()}
                 G = self._jacobian(name, loss_fn, params, inputs, constants, shared, module, has_aux, None).G
             metrics.update({f"{name}/{k}": v for k, v in gradient_diagnostics(G, direction, gram, coefficients).items()})
+        skipped = self._gated_step(optimizer, losses)
+        metrics[f"skipped_{name}"] = skipped
+        metrics[f"{name}/time"] = time.perf_counter() - t0
         return aux
 
     def _row_groups(self, agg: Aggregator, step: int, generator: torch.Generator | None, K: int) -> tuple[Tensor, ...] | None:
