@@ -292,13 +292,7 @@ def _plot_profiles(profiles: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]
     ax.set_xlabel(r"success threshold $\tau$")
     ax.set_ylabel(r"fraction of run x task scores > $\tau$")
     ax.set_xlim(0, 1)
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Performance profiles (final success; 95% stratified bootstrap CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_rate_plot(fig, ax, "Performance profiles (final success; 95% stratified bootstrap CI)", path)
 
 
 def _plot_curves(groups: dict[str, list[Run]], path: Path) -> None:
@@ -320,10 +314,17 @@ def _plot_curves(groups: dict[str, list[Run]], path: Path) -> None:
             ax.fill_between(common, mean - half, mean + half, alpha=0.2)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("mean success rate")
+    _finish_rate_plot(fig, ax, "Success over training (mean and 95% CI over seeds)", path)
+
+
+def _finish_rate_plot(fig, ax, title: str, path: Path) -> None:
+    """Axes of a plot of rates in [0, 1]: limits, grid, legend, title; saved and closed."""
+    import matplotlib.pyplot as plt
+
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Success over training (mean and 95% CI over seeds)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

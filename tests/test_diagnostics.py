@@ -12,7 +12,7 @@ from mtrl.aggregators import make
 from mtrl.config import AgentConfig
 from mtrl.diagnostics import gradient_diagnostics
 from mtrl.metrics import read_metrics
-from tests.test_step import ACT, K, OBS, make_batch
+from tests.test_agent import ACT, K, OBS, make_batch
 
 P = 7
 

@@ -113,20 +113,7 @@ DEFAULT_RESUME = {"nashmtl_t"}
 ])
 def test_sigkill_then_resume_is_bit_exact(label, tmp_path):
     base = {**POINT, "main_task": MAIN_TASK[label]} if label in MAIN_TASK else POINT
-    config = _write_config(tmp_path / "config.yaml", base, AGGREGATORS[label])
-    straight = _train(config, tmp_path / "straight")
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    killed = tmp_path / "killed"
-    _train_and_kill(config, killed, after_checkpoints=2)
-    resumed = _train(config, killed, "--resume", str(killed))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr
-
-    assert (killed / "eval.csv").read_text() == (tmp_path / "straight" / "eval.csv").read_text()
-    _assert_same_tensors(_final_parameters(killed), _final_parameters(tmp_path / "straight"))
-    # no duplicate or lost log rows: the same sequence of logged steps and the same losses
-    assert _logged(killed) == _logged(tmp_path / "straight")
+    kill_resume_and_compare(_write_config(tmp_path / "config.yaml", base, AGGREGATORS[label]), tmp_path)
 
 
 def _logged(run_dir: Path) -> list:
@@ -137,13 +124,20 @@ def _logged(run_dir: Path) -> list:
 def test_sigkill_after_a_mid_episode_checkpoint_then_resume_is_bit_exact(tmp_path):
     """checkpoint.every = 70 with 25-step episodes: every checkpoint falls inside an episode."""
     base = {**POINT, "checkpoint": {"every": 70, "keep": 2}}
-    config = _write_config(tmp_path / "config.yaml", base, AGGREGATORS["ls"])
+    kill_resume_and_compare(_write_config(tmp_path / "config.yaml", base, AGGREGATORS["ls"]), tmp_path)
+
+
+def kill_resume_and_compare(config: Path, tmp_path: Path) -> None:
+    """Train ``config`` straight and again killed (SIGKILL) after its second checkpoint, resume the
+    killed run: the same eval.csv, the same logged losses (no duplicate or lost rows) and
+    bit-identical final parameters."""
     straight = _train(config, tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = tmp_path / "killed"
     _train_and_kill(config, killed, after_checkpoints=2)
     resumed = _train(config, killed, "--resume", str(killed))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
     _assert_same_runs(killed, tmp_path / "straight")
 
 

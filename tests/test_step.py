@@ -20,20 +20,7 @@ from benchmarks.profiling import count_step
 from mtrl.aggregators import make
 from mtrl.config import AgentConfig
 from mtrl.metrics import read_metrics
-from mtrl.replay import Batch
-
-K, B, OBS, ACT = 3, 8, 6, 2
-
-
-def make_batch(seed: int) -> Batch:
-    gen = torch.Generator().manual_seed(seed)
-    return Batch(
-        obs=torch.randn(K, B, OBS, generator=gen),
-        action=torch.rand(K, B, ACT, generator=gen) * 2 - 1,
-        reward=torch.randn(K, B, generator=gen),
-        next_obs=torch.randn(K, B, OBS, generator=gen),
-        done=(torch.rand(K, B, generator=gen) < 0.2).float(),
-    )
+from tests.test_agent import ACT, K, OBS, make_batch
 
 
 def make_agent(**options) -> MTSAC:
@@ -135,16 +122,7 @@ def test_the_compiled_update_does_not_recompile():
 
 @pytest.mark.slow  # three CLI runs, each compiling its update (minutes on two cores)
 def test_a_compiled_run_killed_and_resumed_is_bit_exact(tmp_path):
-    from tests.test_resume import POINT, _assert_same_tensors, _final_parameters, _logged, _train, _train_and_kill, _write_config
+    from tests.test_resume import POINT, _write_config, kill_resume_and_compare
 
     base = {**POINT, "agent": {**POINT["agent"], "compile": True}, "train": {**POINT["train"], "total_steps": 400}}
-    config = _write_config(tmp_path / "config.yaml", base, {"name": "nashmtl"})
-    straight = _train(config, tmp_path / "straight")
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = tmp_path / "killed"
-    _train_and_kill(config, killed, after_checkpoints=2)
-    resumed = _train(config, killed, "--resume", str(killed))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert (killed / "eval.csv").read_text() == (tmp_path / "straight" / "eval.csv").read_text()
-    _assert_same_tensors(_final_parameters(killed), _final_parameters(tmp_path / "straight"))
-    assert _logged(killed) == _logged(tmp_path / "straight")
+    kill_resume_and_compare(_write_config(tmp_path / "config.yaml", base, {"name": "nashmtl"}), tmp_path)
