@@ -63,6 +63,19 @@ def test_update_profile_counts_syncs_and_ops(tmp_path):
     assert profile["nashmtl"]["ops_per_update"] > profile["ls"]["ops_per_update"] > 0
 
 
+def test_update_compile_writes_compiled_over_eager_per_size_and_method(tmp_path, monkeypatch):
+    """`--compile`'s JSON, with one tiny size standing in for quick and paper (compiling the paper
+    networks takes minutes on two cores; the second size reuses the first one's compiled code)."""
+    monkeypatch.setattr(update, "SIZES", {"quick": (16, 2, 8), "paper": (16, 2, 8)})
+    out = tmp_path / "compile.json"
+    assert update.main(["--compile", "--methods", "ls", "--repeats", "1", "--json", str(out)]) in (0, 1)  # 1: a target missed
+    data = json.loads(out.read_text())["compiled_vs_eager"]
+    assert set(data) == {"quick", "paper"}
+    for size in data.values():
+        assert set(size) == {"ls"}
+        assert all(row["ratio"] == pytest.approx(row["compiled_ms"] / row["eager_ms"]) for row in size.values())
+
+
 def test_collect_benchmark_runs(tmp_path):
     out = tmp_path / "collect.json"
     assert collect.main(["--benchmark", "MT1-reach-v3", "--steps", "20", "--repeats", "1", "--json", str(out)]) == 0
