@@ -21,17 +21,3 @@ from mtrl.video import configure_headless_gl  # noqa: E402
 
 configure_headless_gl()
 
-
-#: the longest tests of the default suite (about a minute each or more on two cores), started
-#: first so that pytest-xdist's workers do not end on one long test while the others idle
-LONG_FIRST = (
-    "tests/test_sweep.py::test_run_longer_than_its_time_limit",
-    "tests/test_resume.py::test_metaworld_sigterm",
-    "tests/test_cli.py::test_quick_config_trains",
-    "tests/test_metaworld_protocol.py::test_quick_mt10_agent",
-    "tests/test_resume.py::test_sigkill",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: not item.nodeid.startswith(LONG_FIRST))  # stable: the rest keep their order
