@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.func import grad, grad_and_value, vmap
 
 __all__ = [
-    "METHODS", "JacobianResult", "configure_allocator", "flatten", "grouped_jacobian", "linear_layers",
+    "METHODS", "JacobianResult", "configure_allocator", "flatten", "group_rows", "grouped_jacobian", "linear_layers",
     "per_task_jacobian", "resolve_method", "unflatten",
 ]
 
@@ -301,6 +301,17 @@ def per_task_jacobian(
     G, other = _split(grads, wrt, K)
     aux_out = torch.stack([a.detach() for a in auxes]) if has_aux else None
     return JacobianResult(G, torch.stack(losses), aux_out, other)
+
+
+def group_rows(result: JacobianResult, groups: Sequence[Tensor]) -> JacobianResult:
+    """``grouped_jacobian``'s rows and losses from a full per-task result: row j and loss j are the
+    means over ``groups[j]`` (the gradient of a group's mean loss is the mean of its rows);
+    ``aux`` and ``other_grads`` are the full result's."""
+    index = [g.to(result.G.device) for g in groups]
+    return JacobianResult(
+        torch.stack([result.G[i].mean(0) for i in index]),
+        torch.stack([result.losses[i].mean() for i in index]), result.aux, result.other_grads,
+    )
 
 
 def grouped_jacobian(

@@ -117,3 +117,10 @@ def test_auxinash_toy_harmful_preference_decays_in_the_reading_that_reproduces_i
     result = auxinash_toy.run(auxinash_toy.READINGS["train_same_val_held_out_exact"], seed=1, epochs=1000)
     assert auxinash_toy.decays(result), result["final_p"]
     assert result["final_p"][2] < 1e-3 and result["hypersteps"] >= 150
+
+
+def test_steal_share_reads_the_hypervisors_column():
+    before = [100, 0, 10, 80, 0, 0, 0, 10, 0, 0]
+    after = [160, 0, 20, 90, 0, 0, 0, 30, 0, 0]  # 60 user + 10 system + 10 idle + 20 steal
+    assert collect.steal_share(before, after) == pytest.approx(0.2)
+    assert collect.steal_share(None, after) is None

@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from agents.mtsac import MTSAC
 from mtrl.config import AgentConfig
-from mtrl.jacobian import METHODS, flatten, grouped_jacobian, linear_layers, per_task_jacobian, resolve_method
+from mtrl.jacobian import METHODS, flatten, group_rows, grouped_jacobian, linear_layers, per_task_jacobian, resolve_method
 
 K, B = 4, 6
 ENGINES = ("linear", "vmap", "loop")
@@ -77,8 +77,9 @@ def test_grouped_rows_are_gradients_of_group_mean_losses(variant, component):
     module, loss_fn, params, inputs, shared, has_aux = make_case(variant, component)
     full = per_task_jacobian(loss_fn, params, inputs, shared, method="loop", has_aux=has_aux)
     groups = (torch.tensor([2]), torch.tensor([0]), torch.tensor([3, 1]))
-    for m in ENGINES:
-        res = grouped_jacobian(loss_fn, params, inputs, groups, shared, method=m, has_aux=has_aux, module=module)
+    candidates = {m: grouped_jacobian(loss_fn, params, inputs, groups, shared, method=m, has_aux=has_aux, module=module) for m in ENGINES}
+    candidates["group_rows of the full G"] = group_rows(full, groups)  # what agent.compile uses
+    for res in candidates.values():
         assert res.G.shape == (3, full.G.shape[1])
         torch.testing.assert_close(res.G[0], full.G[2], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(res.G[1], full.G[0], rtol=1e-5, atol=1e-6)

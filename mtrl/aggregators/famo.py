@@ -16,6 +16,7 @@ State (logits, Adam moments, previous D, minima) is kept by global task id.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,21 +43,30 @@ class FAMO(LossWeighting):
         self.seen = torch.zeros(num_tasks, dtype=torch.bool)
 
     def loss_weights(self, ctx: AggContext) -> Tensor:
-        ids = torch.as_tensor(ctx.task_ids).long().cpu()
-        losses = self.require_losses(ctx, self.name)
-        first = ~self.seen[ids]
-        minimum = torch.where(first, losses, torch.minimum(self.minimum[ids], losses))
-        self.minimum[ids], self.seen[ids] = minimum, True
-        shift = torch.clamp(2.0 * minimum, max=0.0)
-        current = (losses - shift).clamp_min(1e-12)  # [K] > 0
-        if not bool(first.any()):  # logit update from the observed decrease since the last call
-            delta = self.previous[ids].log() - current.log()
-            z = torch.softmax(self.logits[ids], dim=0)
+        # the arithmetic on these K numbers runs in numpy (about 0.05 ms a call against 0.3 ms in
+        # torch); the state stays in torch tensors (checkpoints), updated through numpy views
+        ids = torch.as_tensor(ctx.task_ids).long().cpu().numpy()
+        if ids.tolist() == list(range(self.num_tasks)):  # the usual call: every task, in order
+            ids = slice(None)  # views instead of copies
+        losses = self.require_losses(ctx, self.name).numpy()
+        logits, previous, minimum, seen = (t.numpy() for t in (self.logits, self.previous, self.minimum, self.seen))
+        first = ~seen[ids]
+        low = np.where(first, losses, np.minimum(minimum[ids], losses))
+        minimum[ids], seen[ids] = low, True
+        shift = np.minimum(2.0 * low, 0.0)
+        current = np.maximum(losses - shift, 1e-12)  # [K] > 0
+        if not first.any():  # logit update from the observed decrease since the last call
+            delta = np.log(previous[ids]) - np.log(current)
+            z = _softmax(logits[ids])
             grad = z * (delta - (z * delta).sum())  # J_softmax^T delta
-            logits, m, v = self.logits[ids], self.adam_m[ids], self.adam_v[ids]
-            self.adam_steps = adam_update(logits, grad, m, v, self.adam_steps, self.lr, self.weight_decay)
-            self.logits[ids], self.adam_m[ids], self.adam_v[ids] = logits, m, v
-        self.previous[ids] = current
-        z = torch.softmax(self.logits[ids], dim=0)
-        weights = z / current
-        return weights / weights.sum()
+            x, m, v = logits[ids], self.adam_m.numpy()[ids], self.adam_v.numpy()[ids]
+            self.adam_steps = adam_update(x, grad, m, v, self.adam_steps, self.lr, self.weight_decay)
+            logits[ids], self.adam_m.numpy()[ids], self.adam_v.numpy()[ids] = x, m, v
+        previous[ids] = current
+        weights = _softmax(logits[ids]) / current
+        return torch.from_numpy(weights / weights.sum())
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()

@@ -291,6 +291,37 @@ def test_famo_raises_weight_of_the_task_that_improves_slower():
     assert abs(float(weights.sum()) - 1) < 1e-12
 
 
+def test_famo_follows_its_update_rule_on_all_tasks_and_on_subsets():
+    """Weights and logits against the rule of the module docstring, written out in torch: the
+    shifted loss D, Adam (lr 0.025, L2 1e-3) on the logits along J_softmax^T (log D_prev - log D)."""
+    K = 4
+    agg = make("famo", num_tasks=K)
+    logits, m, v, steps = torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.float64), 0
+    previous, low, seen = torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(12):
+        ids = torch.arange(K) if step % 3 else torch.tensor([3, 1])  # every task, or a subset out of order
+        losses = torch.randn(len(ids), generator=gen, dtype=torch.float64)  # negative ones too (actor losses)
+        w = agg.weights_without_jacobian(AggContext(step=step, task_ids=ids, losses=losses))
+        first = ~seen[ids]
+        low[ids] = torch.where(first, losses, torch.minimum(low[ids], losses))
+        seen[ids] = True
+        D = (losses - torch.clamp(2 * low[ids], max=0.0)).clamp_min(1e-12)
+        if not first.any():
+            z = torch.softmax(logits[ids], 0)
+            delta = previous[ids].log() - D.log()
+            g = z * (delta - (z * delta).sum()) + 1e-3 * logits[ids]
+            steps += 1
+            m[ids] = 0.9 * m[ids] + 0.1 * g
+            v[ids] = 0.999 * v[ids] + 0.001 * g * g
+            logits[ids] = logits[ids] - 0.025 * (m[ids] / (1 - 0.9**steps)) / ((v[ids] / (1 - 0.999**steps)).sqrt() + 1e-8)
+        previous[ids] = D
+        expected = torch.softmax(logits[ids], 0) / D
+        torch.testing.assert_close(w, expected / expected.sum(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(agg.logits, logits, rtol=1e-12, atol=1e-14)
+    assert steps > 0 and agg.adam_steps == steps
+
+
 @pytest.mark.parametrize("name", ["ls", "mean", "rlw", "dwa", "uw", "si", "famo"])
 def test_loss_weightings_need_no_jacobian_and_both_paths_agree(name):
     G = random_G(3)
