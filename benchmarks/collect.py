@@ -6,10 +6,11 @@ against ``envs.metaworld.MultiTaskEnv.step`` plus ``MultiTaskReplay.add`` (what 
 does per step, minus the policy). Target: ours >= 90% of the raw step rate.
 
 ``--workers N``: env worker processes against the in-process env, for each of ``--benchmarks``
-(default MT10 and MT50): ``envs.workers.ParallelMultiTaskEnv(workers=N).step`` against
-``MultiTaskEnv.step`` on the same random actions (both give the same transitions). The ratio is
-the speed-up (> 1: workers are faster); targets on a 2-core machine with N = 2: MT10 >= 1.5,
-MT50 >= 1.6. It also prints the workers' start-up time and, from each task's own step time, the
+(default MT10 and MT50): ``envs.workers.ParallelMultiTaskEnv(workers=N).step`` as the trainer
+builds it (``env.local_shard``: this process steps one of the N shares, N - 1 worker processes
+the rest) and with N worker processes, against ``MultiTaskEnv.step``, on the same random actions
+(all give the same transitions). The ratio is the speed-up of the trainer's setting (> 1: faster);
+targets on a 2-core machine with N = 2: MT10 >= 1.5, MT50 >= 1.6. It also prints the workers' start-up time and, from each task's own step time, the
 compute-bound limit of the speed-up (the slowest worker's share of the tasks against all of
 them) for N and for 16 workers; a real step adds the cost of talking to the workers, printed as
 "overhead" (measured step time minus the slowest worker's compute).
@@ -128,43 +129,50 @@ def workers_vs_inprocess(args: argparse.Namespace) -> int:
     for benchmark in args.benchmarks:
         task_goal_sets(benchmark, 0)  # sampled once, before anything is timed
         t0 = time.perf_counter()
-        workers = ParallelMultiTaskEnv(benchmark, seed=0, workers=args.workers, start_method=args.start_method)
+        workers = ParallelMultiTaskEnv(benchmark, seed=0, workers=args.workers, start_method=args.start_method, local_shard=True)
         startup = time.perf_counter() - t0
+        separate = ParallelMultiTaskEnv(benchmark, seed=0, workers=args.workers, start_method=args.start_method)
         inprocess = MultiTaskEnv(benchmark, seed=0)
         K = inprocess.num_tasks
-        workers.reset()
-        inprocess.reset()
-        rates = {"in-process": [], "workers": []}
+        candidates = {"in-process": inprocess, "workers": workers, "all in worker processes": separate}
+        rates: dict[str, list[float]] = {name: [] for name in candidates}
+        for env in candidates.values():
+            env.reset()
         cpu_before = _cpu_times()
         for _ in range(args.repeats):  # short blocks, back to back (module docstring)
             actions = rng.uniform(-1, 1, size=(args.steps, K, inprocess.action_dim)).astype(np.float32)
-            rates["in-process"].append(_rate(inprocess.step, actions))
-            rates["workers"].append(_rate(workers.step, actions))
+            for name, env in candidates.items():
+                rates[name].append(_rate(env.step, actions))
         steal = steal_share(cpu_before, _cpu_times())
+        separate.close()
         inprocess.reset()  # a fresh episode: MetaWorld refuses to step a task past 500 steps
         timed = min(args.steps, 400)
         task_seconds = _task_step_seconds(inprocess, rng.uniform(-1, 1, size=(timed, K, inprocess.action_dim)).astype(np.float32))
         workers.close()
         inprocess.close()
         median = {name: float(np.median(values)) for name, values in rates.items()}
-        ratio = float(np.median(np.asarray(rates["workers"]) / np.asarray(rates["in-process"])))
+        ratios = {name: float(np.median(np.asarray(rates[name]) / np.asarray(rates["in-process"]))) for name in rates}
+        ratio = ratios["workers"]
         limit = compute_bound_speedup(task_seconds, args.workers)
         overhead_ms = 1000 * (1 / median["workers"] - task_seconds.sum() / limit)
         key = f"{benchmark.lower()}_workers_vs_inprocess"
         comparisons[key] = {
-            "ratio": ratio, "workers": workers.workers, "steps_per_s": median, "startup_s": startup, "steal_share": steal,
+            "ratio": ratio, "ratio_all_in_worker_processes": ratios["all in worker processes"], "workers": workers.workers,
+            "steps_per_s": median, "startup_s": startup, "steal_share": steal,
             "compute_bound_limit": limit, "overhead_ms_per_step": overhead_ms,
             "compute_bound_limit_16_workers": compute_bound_speedup(task_seconds, 16),
             "task_step_ms": {name: 1000 * float(s) for name, s in zip(inprocess.task_names, task_seconds)},
         }
         target = TARGETS.get(benchmark) if args.workers == 2 else None
         verdict = "" if target is None else ("PASS" if ratio >= target else "FAIL") + f" (target >= {target})"
-        rows.append([benchmark, K, workers.workers, median["in-process"], median["workers"], ratio, limit,
+        rows.append([benchmark, K, workers.workers, median["in-process"], median["workers"], ratio, ratios["all in worker processes"], limit,
                      overhead_ms, comparisons[key]["compute_bound_limit_16_workers"], startup,
                      "n/a" if steal is None else f"{100 * steal:.1f}%", verdict])
     print(f"env workers vs in-process: {args.repeats} pairs of blocks of {args.steps} vector steps; "
           "speed-up = median of the pairs' ratios")
-    print_table(["benchmark", "K", "workers", "in-process steps/s", "workers steps/s", "speed-up", "limit",
+    print(f"  speed-up: the trainer's env.workers (local shard + {args.workers - 1} processes); "
+          f"all in processes: {args.workers} worker processes")
+    print_table(["benchmark", "K", "workers", "in-process steps/s", "workers steps/s", "speed-up", "all in processes", "limit",
                  "overhead ms", "limit at 16", "start-up s", "steal", ""], rows)
     write_json(args.json, {"benchmark": "collect", "workers": args.workers, "start_method": args.start_method, "comparisons": comparisons})
     return 0

@@ -53,6 +53,9 @@ class EnvConfig:
         workers: run the MetaWorld tasks in this many worker processes (tasks split evenly, at
             most one worker per task; ``envs/workers.py``); 1 steps them in the training process.
             Any value gives the same trajectories; the evaluation env uses as many.
+        local_shard: with ``workers`` N > 1, the training process steps one of the N shares of
+            the tasks itself while N - 1 worker processes step the others (it would otherwise
+            wait idle; measured faster, ``envs/workers.py``); false: N worker processes.
     """
 
     benchmark: str = "MT10"
@@ -60,6 +63,7 @@ class EnvConfig:
     eval_terminate_on_success: bool = True
     eval_goals: str = "train"
     workers: int = 1
+    local_shard: bool = True
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,35 @@ def test_state_moves_between_workers_and_the_in_process_env(inprocess, two_worke
     assert_same_steps(play(two_workers, actions), play(inprocess, actions))
 
 
+def test_a_local_shard_steps_and_moves_state_like_the_workers(two_workers):
+    """local_shard: this process steps tasks 0, 2, ... and one worker process the rest; the same
+    steps as the in-process env, and its states load into the two-process env and back."""
+    env = ParallelMultiTaskEnv("MT10", seed=1, workers=2, max_episode_steps=EPISODE, local_shard=True)
+    inprocess = MultiTaskEnv("MT10", seed=1, max_episode_steps=EPISODE)  # fresh: the fixture's has moved on
+    try:
+        assert env.workers == 2 and len(env.pids) == 1
+        assert np.array_equal(env.reset(), inprocess.reset())
+        actions = uniform_actions(inprocess, EPISODE + 6, seed=5)  # across a reset of every task
+        assert_same_steps(play(env, actions), play(inprocess, actions))
+        state = through_torch_save(env.state_dict())
+        actions = uniform_actions(inprocess, 8, seed=6)
+        expected = play(env, actions)
+        two_workers.load_state_dict(state)
+        assert_same_steps(play(two_workers, actions), expected)
+        assert np.array_equal(env.load_state_dict(through_torch_save(two_workers.state_dict())), two_workers.state_dict()["obs"].numpy())
+        actions = uniform_actions(inprocess, 5, seed=7)
+        assert_same_steps(play(env, actions), play(two_workers, actions))
+        (pid,) = env.pids  # the worker process dies: a clear error, as without the local shard
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EnvWorkerError, match=r"env worker 0 \(pid \d+, tasks push-v3, .*\) died \(signal SIGKILL\) during 'step'"):
+            env.step(np.zeros((10, 4)))
+    finally:
+        env.close()
+        inprocess.close()
+    with pytest.raises(ValueError, match="local_shard must be a bool, got 1"):
+        ParallelMultiTaskEnv("MT1-reach-v3", seed=0, workers=1, local_shard=1)
+
+
 def test_workers_refuse_wrong_actions_and_states(two_workers):
     with pytest.raises(ValueError, match=r"actions must have shape \(10, 4\)"):
         two_workers.step(np.zeros((5, 4)))
