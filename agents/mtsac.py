@@ -114,7 +114,7 @@ class MTSAC(nn.Module):
         layout = self._layouts.get(id(module))
         if layout is None:
             named = dict(module.named_parameters())
-            specific = frozenset(module.task_specific_names()) if hasattr(module, "task_specific_names") else frozenset()
+            specific = frozenset(module.task_specific_names())
             shared = tuple(n for n in named if n not in specific)
             layout = self._layouts[id(module)] = ParamLayout(
                 named, specific, shared, tuple(named[n] for n in shared), sum(named[n].numel() for n in shared),
@@ -329,7 +329,7 @@ class MTSAC(nn.Module):
         K = inputs[0].shape[0]
         task_ids = torch.arange(K)
         layout = self._layout(module)
-        named, specific, shared, shared_params = layout.named, layout.specific, list(layout.shared), list(layout.shared_params)
+        named, specific, shared, shared_params = layout.named, layout.specific, layout.shared, layout.shared_params
 
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)

@@ -195,10 +195,10 @@ class ParallelMultiTaskEnv:
         self.obs_dim = int(probe.observation_space.shape[0])
         probe.close()
 
-        shards = assign_tasks(K, workers)
-        self.workers = len(shards)  # shards, the local one included
-        self._local_tasks = shards[0] if local_shard else []
-        self._tasks = shards[1:] if local_shard else shards  # one per worker process
+        self._shards = assign_tasks(K, workers)  # the local one first, with local_shard
+        self.workers = len(self._shards)
+        self._local_tasks = self._shards[0] if local_shard else []
+        self._tasks = self._shards[1:] if local_shard else self._shards  # one per worker process
         self._local: MultiTaskEnv | None = None
         context = multiprocessing.get_context(start_method)
         layout = _layout(K, self.obs_dim, self.action_dim)
@@ -350,8 +350,7 @@ class ParallelMultiTaskEnv:
     def state_dict(self) -> dict:
         """The shards' states joined in task order: the same format as ``MultiTaskEnv.state_dict``."""
         *parts, mine = self._request("state", local=self._on_local(MultiTaskEnv.numpy_state))
-        tasks = self._tasks if mine is None else [self._local_tasks, *self._tasks]
-        return to_tensors(join_tasks(parts if mine is None else [mine, *parts], tasks, self.num_tasks))
+        return to_tensors(join_tasks(parts if mine is None else [mine, *parts], self._shards, self.num_tasks))
 
     def load_state_dict(self, state: dict) -> np.ndarray:
         """Restore a state of this env, of another worker count or of an in-process env."""

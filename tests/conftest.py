@@ -20,4 +20,3 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 from mtrl.video import configure_headless_gl  # noqa: E402
 
 configure_headless_gl()
-

@@ -43,13 +43,15 @@ class FAMO(LossWeighting):
         self.seen = torch.zeros(num_tasks, dtype=torch.bool)
 
     def loss_weights(self, ctx: AggContext) -> Tensor:
-        # the arithmetic on these K numbers runs in numpy (about 0.05 ms a call against 0.3 ms in
-        # torch); the state stays in torch tensors (checkpoints), updated through numpy views
+        # the arithmetic on these K numbers runs in numpy (0.11 ms a call against 0.31 ms in torch,
+        # K = 10 on the loaded 2-core VM); the state stays in torch tensors (checkpoints) and is
+        # updated through numpy views of them
         ids = torch.as_tensor(ctx.task_ids).long().cpu().numpy()
         if ids.tolist() == list(range(self.num_tasks)):  # the usual call: every task, in order
             ids = slice(None)  # views instead of copies
         losses = self.require_losses(ctx, self.name).numpy()
-        logits, previous, minimum, seen = (t.numpy() for t in (self.logits, self.previous, self.minimum, self.seen))
+        state = (self.logits, self.adam_m, self.adam_v, self.previous, self.minimum, self.seen)
+        logits, adam_m, adam_v, previous, minimum, seen = (t.numpy() for t in state)
         first = ~seen[ids]
         low = np.where(first, losses, np.minimum(minimum[ids], losses))
         minimum[ids], seen[ids] = low, True
@@ -59,9 +61,9 @@ class FAMO(LossWeighting):
             delta = np.log(previous[ids]) - np.log(current)
             z = _softmax(logits[ids])
             grad = z * (delta - (z * delta).sum())  # J_softmax^T delta
-            x, m, v = logits[ids], self.adam_m.numpy()[ids], self.adam_v.numpy()[ids]
+            x, m, v = logits[ids], adam_m[ids], adam_v[ids]
             self.adam_steps = adam_update(x, grad, m, v, self.adam_steps, self.lr, self.weight_decay)
-            logits[ids], self.adam_m.numpy()[ids], self.adam_v.numpy()[ids] = x, m, v
+            logits[ids], adam_m[ids], adam_v[ids] = x, m, v  # written back (copies when ids is a subset)
         previous[ids] = current
         weights = _softmax(logits[ids]) / current
         return torch.from_numpy(weights / weights.sum())
