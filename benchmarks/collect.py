@@ -24,6 +24,10 @@ measurement (``steal`` in /proc/stat) is printed next to it.
 
     mtrl bench collect [--benchmark MT10] [--steps 200] [--repeats 5] [--json FILE]
     mtrl bench collect --workers N [--benchmarks MT10 MT50] [--start-method spawn] [--steps 20] [--repeats 25] [--json FILE]
+    mtrl bench collect --task-costs [--benchmark MT50] [--steps 300] [--repeats 2]
+
+``--task-costs`` measures every task's own step time (the tasks stepped in turn, median per
+task, mean over ``--repeats`` fresh episodes) and prints it as ``envs/task_costs.py``'s table.
 """
 
 from __future__ import annotations
@@ -117,10 +121,29 @@ def _task_step_seconds(env: MultiTaskEnv, actions: np.ndarray) -> np.ndarray:
     return np.median(seconds, axis=0)
 
 
-def compute_bound_speedup(task_seconds: np.ndarray, workers: int) -> float:
+def compute_bound_speedup(task_seconds: np.ndarray, task_names: list[str], workers: int) -> float:
     """Speed-up of ``workers`` processes (tasks assigned as ``envs.workers.assign_tasks`` does)
     over one if talking to them cost nothing: all tasks' step time over the slowest worker's."""
-    return float(task_seconds.sum() / max(task_seconds[tasks].sum() for tasks in assign_tasks(len(task_seconds), workers)))
+    return float(task_seconds.sum() / max(task_seconds[tasks].sum() for tasks in assign_tasks(task_names, workers)))
+
+
+def task_costs(args: argparse.Namespace) -> int:
+    """Print each task's step time in milliseconds as the ``STEP_MS`` table of envs/task_costs.py."""
+    rng = np.random.default_rng(0)
+    env = MultiTaskEnv(args.benchmark, seed=0)
+    runs = []
+    for _ in range(args.repeats):
+        env.reset()  # a fresh episode each time: MetaWorld refuses to step a task past 500 steps
+        runs.append(_task_step_seconds(env, rng.uniform(-1, 1, size=(min(args.steps, 400), env.num_tasks, env.action_dim)).astype(np.float32)))
+    env.close()
+    ms = 1000 * np.mean(runs, axis=0)
+    if args.repeats > 1:
+        print(f"# correlation of the first two runs: {np.corrcoef(runs[0], runs[1])[0, 1]:.3f}")
+    print("STEP_MS = {")
+    for name, value in zip(env.task_names, ms):
+        print(f'    "{name}": {value:.3f},')
+    print("}")
+    return 0
 
 
 def workers_vs_inprocess(args: argparse.Namespace) -> int:
@@ -132,9 +155,10 @@ def workers_vs_inprocess(args: argparse.Namespace) -> int:
         workers = ParallelMultiTaskEnv(benchmark, seed=0, workers=args.workers, start_method=args.start_method, local_shard=True)
         startup = time.perf_counter() - t0
         separate = ParallelMultiTaskEnv(benchmark, seed=0, workers=args.workers, start_method=args.start_method)
+        blocking = ParallelMultiTaskEnv(benchmark, seed=0, workers=args.workers, start_method=args.start_method, local_shard=True, spin_ms=0)
         inprocess = MultiTaskEnv(benchmark, seed=0)
         K = inprocess.num_tasks
-        candidates = {"in-process": inprocess, "workers": workers, "all in worker processes": separate}
+        candidates = {"in-process": inprocess, "workers": workers, "all in worker processes": separate, "no spinning": blocking}
         rates: dict[str, list[float]] = {name: [] for name in candidates}
         for env in candidates.values():
             env.reset()
@@ -145,6 +169,7 @@ def workers_vs_inprocess(args: argparse.Namespace) -> int:
                 rates[name].append(_rate(env.step, actions))
         steal = steal_share(cpu_before, _cpu_times())
         separate.close()
+        blocking.close()
         inprocess.reset()  # a fresh episode: MetaWorld refuses to step a task past 500 steps
         timed = min(args.steps, 400)
         task_seconds = _task_step_seconds(inprocess, rng.uniform(-1, 1, size=(timed, K, inprocess.action_dim)).astype(np.float32))
@@ -153,26 +178,29 @@ def workers_vs_inprocess(args: argparse.Namespace) -> int:
         median = {name: float(np.median(values)) for name, values in rates.items()}
         ratios = {name: float(np.median(np.asarray(rates[name]) / np.asarray(rates["in-process"]))) for name in rates}
         ratio = ratios["workers"]
-        limit = compute_bound_speedup(task_seconds, args.workers)
+        limit = compute_bound_speedup(task_seconds, inprocess.task_names, args.workers)
         overhead_ms = 1000 * (1 / median["workers"] - task_seconds.sum() / limit)
         key = f"{benchmark.lower()}_workers_vs_inprocess"
         comparisons[key] = {
-            "ratio": ratio, "ratio_all_in_worker_processes": ratios["all in worker processes"], "workers": workers.workers,
+            "ratio": ratio, "ratio_all_in_worker_processes": ratios["all in worker processes"],
+            "ratio_without_spinning": ratios["no spinning"], "spin_ms": 1000 * workers.spin_s, "workers": workers.workers,
             "steps_per_s": median, "startup_s": startup, "steal_share": steal,
             "compute_bound_limit": limit, "overhead_ms_per_step": overhead_ms,
-            "compute_bound_limit_16_workers": compute_bound_speedup(task_seconds, 16),
+            "compute_bound_limit_16_workers": compute_bound_speedup(task_seconds, inprocess.task_names, 16),
             "task_step_ms": {name: 1000 * float(s) for name, s in zip(inprocess.task_names, task_seconds)},
         }
         target = TARGETS.get(benchmark) if args.workers == 2 else None
         verdict = "" if target is None else ("PASS" if ratio >= target else "FAIL") + f" (target >= {target})"
-        rows.append([benchmark, K, workers.workers, median["in-process"], median["workers"], ratio, ratios["all in worker processes"], limit,
+        rows.append([benchmark, K, workers.workers, median["in-process"], median["workers"], ratio, ratios["all in worker processes"],
+                     ratios["no spinning"], limit,
                      overhead_ms, comparisons[key]["compute_bound_limit_16_workers"], startup,
                      "n/a" if steal is None else f"{100 * steal:.1f}%", verdict])
     print(f"env workers vs in-process: {args.repeats} pairs of blocks of {args.steps} vector steps; "
           "speed-up = median of the pairs' ratios")
-    print(f"  speed-up: the trainer's env.workers (local shard + {args.workers - 1} processes); "
-          f"all in processes: {args.workers} worker processes")
-    print_table(["benchmark", "K", "workers", "in-process steps/s", "workers steps/s", "speed-up", "all in processes", "limit",
+    print(f"  speed-up: the trainer's env.workers (local shard + {args.workers - 1} processes, spinning up to "
+          f"{1000 * workers.spin_s:g} ms before blocking); all in processes: {args.workers} worker processes; "
+          "no spinning: the trainer's setting with env.spin_ms 0")
+    print_table(["benchmark", "K", "workers", "in-process steps/s", "workers steps/s", "speed-up", "all in processes", "no spinning", "limit",
                  "overhead ms", "limit at 16", "start-up s", "steal", ""], rows)
     write_json(args.json, {"benchmark": "collect", "workers": args.workers, "start_method": args.start_method, "comparisons": comparisons})
     return 0
@@ -186,8 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-method", default="spawn", choices=START_METHODS, help="with --workers: how workers start")
     parser.add_argument("--steps", type=int, help="vector steps per timed block (default 200; 20 with --workers)")
     parser.add_argument("--repeats", type=int, help="timed blocks per candidate (default 5; 25 with --workers)")
+    parser.add_argument("--task-costs", action="store_true", help="print every task's step time (envs/task_costs.py)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    if args.task_costs:
+        args.steps = 300 if args.steps is None else args.steps
+        args.repeats = 2 if args.repeats is None else args.repeats
+        return task_costs(args)
     if args.steps is None:
         args.steps = 200 if args.workers is None else 20
     if args.repeats is None:

@@ -1,17 +1,18 @@
 """MetaWorld tasks stepped in worker processes, behind the ``MultiTaskEnv`` interface.
 
-``ParallelMultiTaskEnv(benchmark, seed, workers=N)`` splits the K tasks evenly over N workers,
-round-robin (worker ``w`` runs tasks ``w, w + N, ...``): neighbours in MetaWorld's task order are
-often alike in cost (push and pick-place, with a free object on the table, take about six times
-as long per step as drawer-close), so consecutive slices would load one worker with the expensive
-ones (MT10, 2 workers: a compute-bound speed-up of 1.42 with slices, 1.88 round-robin, from
-measured per-task step times). Worker ``w`` runs an ``envs.metaworld.MultiTaskEnv`` over its
-tasks. Every task is seeded by its benchmark index, so the same seeds give bit-identical
-observations, rewards and episode bookkeeping as the in-process env, and a ``state_dict`` of
-either loads into the other.
+``ParallelMultiTaskEnv(benchmark, seed, workers=N)`` deals the K tasks into N shards balanced by
+each task's step cost (``assign_tasks``: longest-processing-time first, with the relative costs of
+``envs/task_costs.py``). Tasks differ about 3.5x in cost (coffee, stick, push and pick-place, with a
+free object on the table, against buttons and faucets), so shards of equal size are not equally
+fast: from the measured costs, MT10 over 4 shards has a compute-bound speed-up of 3.87 balanced
+against 3.12 round-robin, MT50 over 16 shards 15.4 against 12.0 (2 shards: 2.00 against 1.89 for
+MT10). A lock-step waits for the slowest shard. Worker ``w`` runs an ``envs.metaworld.MultiTaskEnv``
+over its tasks. Every task is seeded by its benchmark index, so the same seeds give bit-identical
+observations, rewards and episode bookkeeping as the in-process env whatever the shards, and a
+``state_dict`` of either loads into the other.
 
-With ``local_shard=True`` (what the trainer uses) the calling process steps the first share of
-the tasks itself while N - 1 worker processes step the others: the process that would otherwise
+With ``local_shard=True`` (what the trainer uses) the calling process steps the lightest shard
+itself while N - 1 worker processes step the others: the process that would otherwise
 sleep until the workers answer does a worker's share, one process and one round trip fewer per
 step. Measured side by side on the 2-core VM of docs/benchmarks.md (short paired blocks): MT10
 1.05x -> 1.18x and MT50 1.44x -> 1.56x over the in-process env with 2 shards.
@@ -37,6 +38,18 @@ How it talks (the pattern of gymnasium's ``AsyncVectorEnv``, written for this in
   whole process group, and the trainer (which catches them) must still fetch the environment
   state for its last checkpoint; the parent ends the workers on ``close``, at exit, or when it
   dies (a worker exits when its pipe closes).
+* **spin, then block** (``spin_ms``): a process that waits on a pipe first polls it for up to
+  ``spin_ms``, and only then sleeps in the kernel. On a VM an idle vCPU halts, and waking it for
+  a message costs the host a reschedule: on the 2-core VM of docs/benchmarks.md a blocking
+  round trip after 1 ms of quiet took 0.05 to 1.8 ms (median to 90th percentile) when the host
+  was busy, against ~1 us polling, out of a ~5 ms MT10 half-step. Both sides spin: a worker
+  after it answered (the next ``step`` often follows within a millisecond: warm-up, policy
+  forward passes, evaluation) and the parent after its local shard (its workers' answers follow
+  within the imbalance of the shards). The budget adapts like Linux's guest halt-polling: a
+  wait longer than ``spin_ms`` halves the budget (then to zero), a wait that ``spin_ms`` would
+  have covered restores it, so a trainer whose updates keep the workers waiting for tens of
+  milliseconds costs them no spinning. With more stepping processes than usable cores spinning
+  would take a core from a worker, so the env then blocks only.
 * **errors, never a hang**: the parent waits on the pipes and the process sentinels with a
   timeout. A worker that raises, dies (e.g. SIGKILL) or does not answer in time raises
   ``EnvWorkerError`` naming the worker and its tasks; the other workers are shut down and the
@@ -48,7 +61,9 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.util
+import os
 import pickle
+import select
 import signal
 import time
 import traceback
@@ -61,6 +76,7 @@ from envs.metaworld import (
     MultiTaskEnv, StepResult, _check_episode_steps, benchmark_task_names, from_tensors, join_tasks, select_tasks,
     task_goal_sets, to_tensors,
 )
+from envs.task_costs import STEP_MS
 
 __all__ = ["EnvWorkerError", "ParallelMultiTaskEnv", "assign_tasks"]
 
@@ -72,10 +88,24 @@ class EnvWorkerError(RuntimeError):
     """An env worker process raised, died or stopped answering."""
 
 
-def assign_tasks(num_tasks: int, workers: int) -> list[list[int]]:
-    """The tasks of each worker: round-robin, at most one worker per task (module docstring)."""
-    workers = min(workers, num_tasks)
-    return [list(range(w, num_tasks, workers)) for w in range(workers)]
+def assign_tasks(task_names: list[str], workers: int) -> list[list[int]]:
+    """The task indices of each shard, balanced by step cost, at most one shard per task.
+
+    Longest-processing-time first: the costliest task goes to the shard with the least work so
+    far (ties: the lower shard). Shards come lightest first (the local shard's, module docstring)
+    with their tasks in benchmark order; a task missing from ``envs/task_costs.py`` counts as the
+    median task."""
+    workers = min(workers, len(task_names))
+    default = sorted(STEP_MS.values())[len(STEP_MS) // 2]
+    costs = [STEP_MS.get(name, default) for name in task_names]
+    shards: list[list[int]] = [[] for _ in range(workers)]
+    loads = [0.0] * workers
+    for k in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
+        w = min(range(workers), key=lambda w: (loads[w], w))
+        shards[w].append(k)
+        loads[w] += costs[k]
+    order = sorted(range(workers), key=lambda w: (loads[w], w))
+    return [sorted(shards[w]) for w in order]
 
 
 def _layout(K: int, obs_dim: int, action_dim: int) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -95,7 +125,48 @@ def _views(buffers: dict[str, Any], layout: dict[str, tuple[str, tuple[int, ...]
     return {name: np.frombuffer(buffers[name], dtype=dtype).reshape(shape) for name, (dtype, shape) in layout.items()}
 
 
-def _worker(conn, env_kwargs: dict, goal_sets, buffers: dict, layout: dict) -> None:
+class _Spin:
+    """Spin-then-block waiting with an adaptive budget (module docstring).
+
+    ``wait(fds)`` polls the file descriptors without blocking for up to the current budget and
+    returns those that became readable (a closed peer counts: the reader then sees EOF);
+    ``learn(seconds)`` adapts the budget to the length of the whole wait, spin and block."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = self.budget_s = limit_s
+
+    def wait(self, fds: list[int]) -> set[int]:
+        if self.budget_s <= 0 or not fds:
+            return set()
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        deadline = time.perf_counter() + self.budget_s
+        ready: set[int] = set()
+        while True:
+            ready.update(fd for fd, _ in poller.poll(0))
+            if len(ready) == len(fds) or time.perf_counter() >= deadline:
+                return ready
+
+    def learn(self, waited_s: float) -> None:
+        if waited_s <= self.budget_s:
+            return
+        if waited_s <= self.limit_s:  # a full budget would have caught it
+            self.budget_s = self.limit_s
+        else:  # spinning would have been wasted: halve, and stop below an eighth
+            self.budget_s = self.budget_s / 2 if self.budget_s > self.limit_s / 8 else 0.0
+
+
+def _spin_limit(spin_ms: float, stepping_processes: int) -> float:
+    """The spin budget in seconds: ``spin_ms``, or 0 with more stepping processes than cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return spin_ms / 1000 if stepping_processes <= cores else 0.0
+
+
+def _worker(conn, env_kwargs: dict, goal_sets, buffers: dict, layout: dict, spin_s: float = 0.0) -> None:
     """A worker process: build its tasks' env, then answer commands until ``close`` or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (module docstring)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -107,11 +178,15 @@ def _worker(conn, env_kwargs: dict, goal_sets, buffers: dict, layout: dict) -> N
         conn.send(("error", traceback.format_exc()))
         return
     conn.send(("ok", None))
+    spin = _Spin(spin_s)
     while True:
+        started = time.perf_counter()
+        spin.wait([conn.fileno()])
         try:
             command, payload = conn.recv()
         except (EOFError, OSError):  # the parent is gone
             break
+        spin.learn(time.perf_counter() - started)
         if command == "close":
             break
         try:
@@ -165,12 +240,14 @@ class ParallelMultiTaskEnv:
         local_shard: step the first shard in this process (``workers - 1`` worker processes).
         start_method: ``spawn`` (default), ``forkserver`` or ``fork`` (module docstring).
         timeout_s: longest wait for one answer (startup included) before a worker counts as hung.
+        spin_ms: longest a process polls a pipe before it blocks (module docstring; 0: block at
+            once); off when the stepping processes outnumber the usable cores.
     """
 
     def __init__(
         self, benchmark: str, seed: int, *, workers: int, max_episode_steps: int = 500,
         terminate_on_success: bool = False, goal_seed: int | None = None, local_shard: bool = False,
-        start_method: str = "spawn", timeout_s: float = 600.0,
+        start_method: str = "spawn", timeout_s: float = 600.0, spin_ms: float = 5.0,
     ) -> None:
         names = benchmark_task_names(benchmark)
         _check_episode_steps(max_episode_steps)
@@ -178,6 +255,8 @@ class ParallelMultiTaskEnv:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         if not isinstance(local_shard, bool):
             raise ValueError(f"local_shard must be a bool, got {local_shard!r}")
+        if isinstance(spin_ms, bool) or not isinstance(spin_ms, (int, float)) or not 0 <= spin_ms < float("inf"):
+            raise ValueError(f"spin_ms must be a number >= 0, got {spin_ms!r}")
         if start_method not in START_METHODS:
             raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}; got {start_method!r}")
         self.benchmark = benchmark
@@ -195,11 +274,14 @@ class ParallelMultiTaskEnv:
         self.obs_dim = int(probe.observation_space.shape[0])
         probe.close()
 
-        self._shards = assign_tasks(K, workers)  # the local one first, with local_shard
+        self._shards = assign_tasks(names, workers)  # the lightest first: the local one, with local_shard
         self.workers = len(self._shards)
         self._local_tasks = self._shards[0] if local_shard else []
         self._tasks = self._shards[1:] if local_shard else self._shards  # one per worker process
         self._local: MultiTaskEnv | None = None
+        # every shard's process steps at once, and without a local shard this one waits beside them
+        self.spin_s = _spin_limit(spin_ms, self.workers + (0 if local_shard else 1))
+        self._spin = _Spin(self.spin_s)
         context = multiprocessing.get_context(start_method)
         layout = _layout(K, self.obs_dim, self.action_dim)
         buffers = {name: context.RawArray("B", int(np.prod(shape)) * np.dtype(dtype).itemsize) for name, (dtype, shape) in layout.items()}
@@ -224,7 +306,7 @@ class ParallelMultiTaskEnv:
             np.frombuffer(goal_sets, dtype=np.uint8)[:] = np.frombuffer(blob, dtype=np.uint8)
             parent_end, child_end = context.Pipe()
             process = context.Process(
-                target=_worker, args=(child_end, env_kwargs, goal_sets, buffers, layout),
+                target=_worker, args=(child_end, env_kwargs, goal_sets, buffers, layout, self.spin_s),
                 name=f"mtrl-env-worker-{w}", daemon=True,
             )
             process.start()
@@ -280,11 +362,20 @@ class ParallelMultiTaskEnv:
         """Every worker's answer to ``command``, waiting on pipes and process sentinels."""
         replies: list = [None] * len(self._conns)
         pending = set(range(len(self._conns)))
+        started = time.perf_counter()
         deadline = time.monotonic() + self.timeout_s
         failures = []
+        spun = None
+        if command == "step":  # the hot path: answers usually follow within the shards' imbalance
+            fds = self._spin.wait([conn.fileno() for conn in self._conns])
+            spun = [conn for conn in self._conns if conn.fileno() in fds]
         while pending:
-            waitables = [self._conns[w] for w in pending] + [self._processes[w].sentinel for w in pending]
-            ready = multiprocessing.connection.wait(waitables, timeout=max(0.0, deadline - time.monotonic()))
+            if spun is not None and len(spun) == len(pending):
+                ready = spun  # every answer is in: no need to ask the kernel
+            else:
+                waitables = [self._conns[w] for w in pending] + [self._processes[w].sentinel for w in pending]
+                ready = multiprocessing.connection.wait(waitables, timeout=max(0.0, deadline - time.monotonic()))
+            spun = None
             if not ready:
                 late = ", ".join(self._describe(w) for w in sorted(pending))
                 self._fail(f"{late} did not answer {command!r} within {self.timeout_s:.0f} s")
@@ -313,6 +404,8 @@ class ParallelMultiTaskEnv:
                         hint = (" (its own traceback is above; a script that starts training at import time must do so "
                                 "under `if __name__ == '__main__':`, since workers import the main module)")
                     failures.append(f"{self._describe(w)} died ({how}) during {command!r}{hint}")
+        if command == "step":
+            self._spin.learn(time.perf_counter() - started)
         if failures:
             self._fail("\n".join(failures))
         return replies

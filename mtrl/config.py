@@ -56,6 +56,10 @@ class EnvConfig:
         local_shard: with ``workers`` N > 1, the training process steps one of the N shares of
             the tasks itself while N - 1 worker processes step the others (it would otherwise
             wait idle; measured faster, ``envs/workers.py``); false: N worker processes.
+        spin_ms: with ``workers`` > 1, how long a waiting process polls its pipe before it
+            sleeps (the budget adapts; 0: sleep at once). Waking a sleeping process costs up to
+            milliseconds on a VM; off by itself when the stepping processes outnumber the cores
+            (``envs/workers.py``). Never changes a result.
     """
 
     benchmark: str = "MT10"
@@ -64,6 +68,7 @@ class EnvConfig:
     eval_goals: str = "train"
     workers: int = 1
     local_shard: bool = True
+    spin_ms: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -274,6 +279,8 @@ def _check_values(cfg: Config) -> None:
     for key, allowed in _CHOICES.items():
         if flat[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {flat[key]!r}")
+    if not (0.0 <= cfg.env.spin_ms and math.isfinite(cfg.env.spin_ms)):
+        raise ConfigError(f"env.spin_ms must be a number >= 0, got {cfg.env.spin_ms!r}")
     if not 0.0 <= cfg.agent.discount <= 1.0:
         raise ConfigError(f"agent.discount must lie in [0, 1], got {cfg.agent.discount!r}")
     if not 0.0 < cfg.agent.tau <= 1.0:

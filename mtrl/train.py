@@ -182,7 +182,9 @@ def make_env(cfg: Config, seed: int, evaluation: bool = False, goal_seed: int | 
         return PointMassEnv(cfg.env.benchmark, seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate)
     options = dict(seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate, goal_seed=goal_seed)
     if cfg.env.workers > 1:
-        return ParallelMultiTaskEnv(cfg.env.benchmark, workers=cfg.env.workers, local_shard=cfg.env.local_shard, **options)
+        return ParallelMultiTaskEnv(
+            cfg.env.benchmark, workers=cfg.env.workers, local_shard=cfg.env.local_shard, spin_ms=cfg.env.spin_ms, **options,
+        )
     return MultiTaskEnv(cfg.env.benchmark, **options)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import aggregators, collect, jacobian, update
+from envs.metaworld import benchmark_task_names
 
 
 def test_aggregator_benchmark_runs_and_writes_ratios(tmp_path):
@@ -92,9 +93,12 @@ def test_collect_benchmark_compares_workers_with_in_process(tmp_path):
 
 
 def test_compute_bound_speedup_is_set_by_the_slowest_worker():
-    assert collect.compute_bound_speedup(np.ones(10), 2) == 2.0
-    assert collect.compute_bound_speedup(np.ones(10), 16) == 10.0  # at most one worker per task
-    assert collect.compute_bound_speedup(np.array([3.0, 1.0, 1.0, 1.0]), 2) == 1.5  # tasks 0, 2 | 1, 3
+    mt10 = benchmark_task_names("MT10")
+    assert collect.compute_bound_speedup(np.ones(10), mt10, 16) == 10.0  # at most one worker per task
+    # the costly task alone in one shard, the three cheap ones in the other (envs/task_costs.py)
+    names = ["coffee-pull-v3", "button-press-v3", "button-press-wall-v3", "handle-press-v3"]
+    assert collect.compute_bound_speedup(np.array([3.0, 1.0, 1.0, 1.0]), names, 2) == 2.0
+    assert collect.compute_bound_speedup(np.array([1.0, 1.0, 1.0, 1.0]), names, 2) == 4 / 3
 
 
 def test_auxinash_toy_study_runs_each_kind_of_reading():
@@ -124,3 +128,10 @@ def test_steal_share_reads_the_hypervisors_column():
     after = [160, 0, 20, 90, 0, 0, 0, 30, 0, 0]  # 60 user + 10 system + 10 idle + 20 steal
     assert collect.steal_share(before, after) == pytest.approx(0.2)
     assert collect.steal_share(None, after) is None
+
+
+def test_task_costs_print_a_table_in_the_format_of_envs_task_costs(capsys):
+    assert collect.main(["--task-costs", "--benchmark", "MT1-reach-v3", "--steps", "5", "--repeats", "1"]) == 0
+    namespace: dict = {}
+    exec(capsys.readouterr().out, namespace)
+    assert list(namespace["STEP_MS"]) == ["reach-v3"] and namespace["STEP_MS"]["reach-v3"] > 0

@@ -13,8 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from envs.metaworld import MultiTaskEnv
-from envs.workers import EnvWorkerError, ParallelMultiTaskEnv, assign_tasks
+from envs.metaworld import MultiTaskEnv, benchmark_task_names
+from envs.task_costs import STEP_MS
+from envs.workers import EnvWorkerError, ParallelMultiTaskEnv, _spin_limit, _Spin, assign_tasks
 from mtrl.config import ConfigError, config_from_dict
 from mtrl.train import make_env
 from tests.helpers import through_torch_save
@@ -45,10 +46,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_tasks_are_dealt_round_robin_at_most_one_worker_each():
-    assert assign_tasks(10, 2) == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
-    assert assign_tasks(5, 3) == [[0, 3], [1, 4], [2]]
-    assert assign_tasks(2, 16) == [[0], [1]]
+@pytest.mark.parametrize("benchmark, workers", [("MT10", 2), ("MT10", 3), ("MT10", 4), ("MT50", 2), ("MT50", 7), ("MT50", 16)])
+def test_shards_are_balanced_by_step_cost_lightest_first(benchmark, workers):
+    names = benchmark_task_names(benchmark)
+    shards = assign_tasks(names, workers)
+    assert sorted(k for shard in shards for k in shard) == list(range(len(names)))  # every task once
+    assert all(shard == sorted(shard) for shard in shards) and len(shards) == workers
+    loads = [sum(STEP_MS[names[k]] for k in shard) for shard in shards]
+    assert all(a <= b + 1e-9 for a, b in zip(loads, loads[1:]))  # the lightest first: the local shard's
+    # longest-processing-time first: the heaviest shard got its last task while it was the
+    # lightest, so no two shards differ by more than the costliest task
+    assert max(loads) - min(loads) <= max(STEP_MS[name] for name in names)
+    round_robin = max(sum(STEP_MS[names[k]] for k in range(w, len(names), workers)) for w in range(workers))
+    assert max(loads) <= round_robin
+
+
+def test_shards_are_at_most_one_per_task_and_unknown_tasks_cost_the_median():
+    assert assign_tasks(benchmark_task_names("MT10"), 16) == [[k] for k in sorted(range(10), key=lambda k: STEP_MS[benchmark_task_names("MT10")[k]])]
+    assert assign_tasks(["reach-v3"], 4) == [[0]]
+    assert assign_tasks(["a-new-task", "another-one"], 2) == [[0], [1]]
+    assert assign_tasks(["button-press-v3", "a-new-task", "coffee-pull-v3"], 2) == [[0, 1], [2]]
 
 
 def test_two_workers_step_exactly_like_the_in_process_env(inprocess, two_workers):
@@ -82,12 +99,13 @@ def test_state_moves_between_workers_and_the_in_process_env(inprocess, two_worke
 
 
 def test_a_local_shard_steps_and_moves_state_like_the_workers(two_workers):
-    """local_shard: this process steps tasks 0, 2, ... and one worker process the rest; the same
+    """local_shard: this process steps the lighter shard and one worker process the other; the same
     steps as the in-process env, and its states load into the two-process env and back."""
     env = ParallelMultiTaskEnv("MT10", seed=1, workers=2, max_episode_steps=EPISODE, local_shard=True)
     inprocess = MultiTaskEnv("MT10", seed=1, max_episode_steps=EPISODE)  # fresh: the fixture's has moved on
     try:
         assert env.workers == 2 and len(env.pids) == 1
+        assert env._local_tasks == assign_tasks(env.task_names, 2)[0]
         assert np.array_equal(env.reset(), inprocess.reset())
         actions = uniform_actions(inprocess, EPISODE + 6, seed=5)  # across a reset of every task
         assert_same_steps(play(env, actions), play(inprocess, actions))
@@ -101,7 +119,7 @@ def test_a_local_shard_steps_and_moves_state_like_the_workers(two_workers):
         assert_same_steps(play(env, actions), play(two_workers, actions))
         (pid,) = env.pids  # the worker process dies: a clear error, as without the local shard
         os.kill(pid, signal.SIGKILL)
-        with pytest.raises(EnvWorkerError, match=r"env worker 0 \(pid \d+, tasks push-v3, .*\) died \(signal SIGKILL\) during 'step'"):
+        with pytest.raises(EnvWorkerError, match=r"env worker 0 \(pid \d+, tasks reach-v3, pick-place-v3, .*\) died \(signal SIGKILL\) during 'step'"):
             env.step(np.zeros((10, 4)))
     finally:
         env.close()
@@ -168,8 +186,12 @@ def test_bad_worker_settings_are_clear_errors():
         ParallelMultiTaskEnv("MT1-reach-v3", seed=0, workers=0)
     with pytest.raises(ValueError, match="start_method must be one of spawn, forkserver, fork; got 'thread'"):
         ParallelMultiTaskEnv("MT1-reach-v3", seed=0, workers=1, start_method="thread")
+    with pytest.raises(ValueError, match="spin_ms must be a number >= 0, got -1"):
+        ParallelMultiTaskEnv("MT1-reach-v3", seed=0, workers=1, spin_ms=-1)
     with pytest.raises(ConfigError, match="env.workers must be a positive integer, got 0"):
         config_from_dict({"env": {"workers": 0}})
+    with pytest.raises(ConfigError, match="env.spin_ms must be a number >= 0, got -0.5"):
+        config_from_dict({"env": {"spin_ms": -0.5}})
     with pytest.raises(ConfigError, match="env.workers: 2 needs a MetaWorld benchmark"):
         make_env(config_from_dict({"env": {"benchmark": "Point-3", "workers": 2}}), seed=0)
 
@@ -183,11 +205,12 @@ def test_more_workers_than_tasks_start_one_per_task():
         env.close()
 
 
-@pytest.mark.parametrize("start_method", ["forkserver", "fork"])
-def test_other_start_methods_give_the_same_steps(start_method):
+@pytest.mark.parametrize("start_method, spin_ms", [("forkserver", 5.0), ("fork", 5.0), ("spawn", 0.0)])
+def test_other_start_methods_and_no_spinning_give_the_same_steps(start_method, spin_ms):
     reference = MultiTaskEnv("MT1-reach-v3", seed=2, max_episode_steps=10)
-    env = ParallelMultiTaskEnv("MT1-reach-v3", seed=2, workers=1, max_episode_steps=10, start_method=start_method)
+    env = ParallelMultiTaskEnv("MT1-reach-v3", seed=2, workers=1, max_episode_steps=10, start_method=start_method, spin_ms=spin_ms)
     try:
+        assert env.spin_s == (0.0 if spin_ms == 0 or (os.cpu_count() or 1) < 2 else spin_ms / 1000)
         assert np.array_equal(env.reset(), reference.reset())
         actions = uniform_actions(reference, 15, seed=0)
         for x, y in zip(play(env, actions), play(reference, actions)):
@@ -196,3 +219,45 @@ def test_other_start_methods_give_the_same_steps(start_method):
     finally:
         env.close()
         reference.close()
+
+
+def test_spin_budget_adapts_like_guest_halt_polling():
+    spin = _Spin(0.004)
+    spin.learn(0.001)  # caught while spinning: the budget stays
+    assert spin.budget_s == 0.004
+    spin.learn(0.050)  # spun for nothing: halve, down to an eighth of the limit, then stop
+    assert spin.budget_s == 0.002
+    for expected in (0.001, 0.0005, 0.0):
+        spin.learn(0.050)
+        assert spin.budget_s == expected
+    spin.learn(0.050)
+    assert spin.budget_s == 0.0
+    spin.learn(0.003)  # a wait the full budget would have caught: back to the limit
+    assert spin.budget_s == 0.004
+
+
+def test_spinning_finds_answers_and_closed_pipes_and_gives_up_after_its_budget():
+    read_a, write_a = os.pipe()
+    read_b, write_b = os.pipe()
+    try:
+        spin = _Spin(0.02)
+        start = time.perf_counter()
+        assert spin.wait([read_a, read_b]) == set()  # nothing to read: back after the budget
+        assert time.perf_counter() - start >= 0.02
+        os.write(write_a, b"x")
+        assert spin.wait([read_a, read_b]) == {read_a}
+        os.close(write_b)  # a dead peer counts as readable: its reader then sees EOF
+        write_b = None
+        assert spin.wait([read_a, read_b]) == {read_a, read_b}
+        assert _Spin(0.0).wait([read_a]) == set()  # no budget: no polling
+    finally:
+        for fd in (read_a, write_a, read_b, write_b):
+            if fd is not None:
+                os.close(fd)
+
+
+def test_spinning_is_off_when_stepping_processes_outnumber_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert _spin_limit(5.0, 2) == 0.005  # a local shard and one worker on two cores
+    assert _spin_limit(5.0, 3) == 0.0  # two workers and a waiting parent
+    assert _spin_limit(0.0, 1) == 0.0
