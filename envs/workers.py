@@ -128,24 +128,26 @@ def _views(buffers: dict[str, Any], layout: dict[str, tuple[str, tuple[int, ...]
 class _Spin:
     """Spin-then-block waiting with an adaptive budget (module docstring).
 
-    ``wait(fds)`` polls the file descriptors without blocking for up to the current budget and
-    returns those that became readable (a closed peer counts: the reader then sees EOF);
-    ``learn(seconds)`` adapts the budget to the length of the whole wait, spin and block."""
+    ``wait()`` polls the file descriptors ``fds`` (registered once, here) without blocking for
+    up to the current budget and returns those that became readable (a closed peer counts: the
+    reader then sees EOF); ``learn(seconds)`` adapts the budget to the length of the whole wait,
+    spin and block."""
 
-    def __init__(self, limit_s: float) -> None:
+    def __init__(self, limit_s: float, fds: list[int]) -> None:
         self.limit_s = self.budget_s = limit_s
-
-    def wait(self, fds: list[int]) -> set[int]:
-        if self.budget_s <= 0 or not fds:
-            return set()
-        poller = select.poll()
+        self._count = len(fds)
+        self._poller = select.poll()
         for fd in fds:
-            poller.register(fd, select.POLLIN)
+            self._poller.register(fd, select.POLLIN)
+
+    def wait(self) -> set[int]:
+        if self.budget_s <= 0 or not self._count:
+            return set()
         deadline = time.perf_counter() + self.budget_s
         ready: set[int] = set()
         while True:
-            ready.update(fd for fd, _ in poller.poll(0))
-            if len(ready) == len(fds) or time.perf_counter() >= deadline:
+            ready.update(fd for fd, _ in self._poller.poll(0))
+            if len(ready) == self._count or time.perf_counter() >= deadline:
                 return ready
 
     def learn(self, waited_s: float) -> None:
@@ -178,10 +180,10 @@ def _worker(conn, env_kwargs: dict, goal_sets, buffers: dict, layout: dict, spin
         conn.send(("error", traceback.format_exc()))
         return
     conn.send(("ok", None))
-    spin = _Spin(spin_s)
+    spin = _Spin(spin_s, [conn.fileno()])
     while True:
         started = time.perf_counter()
-        spin.wait([conn.fileno()])
+        spin.wait()
         try:
             command, payload = conn.recv()
         except (EOFError, OSError):  # the parent is gone
@@ -237,7 +239,7 @@ class ParallelMultiTaskEnv:
         benchmark, seed, max_episode_steps, terminate_on_success, goal_seed: as ``MultiTaskEnv``.
         workers: number of shards the tasks are dealt into, at most one per task (more are not
             made); each shard runs in its own worker process, except the first with ``local_shard``.
-        local_shard: step the first shard in this process (``workers - 1`` worker processes).
+        local_shard: step the lightest shard in this process (``workers - 1`` worker processes).
         start_method: ``spawn`` (default), ``forkserver`` or ``fork`` (module docstring).
         timeout_s: longest wait for one answer (startup included) before a worker counts as hung.
         spin_ms: longest a process polls a pipe before it blocks (module docstring; 0: block at
@@ -281,7 +283,6 @@ class ParallelMultiTaskEnv:
         self._local: MultiTaskEnv | None = None
         # every shard's process steps at once, and without a local shard this one waits beside them
         self.spin_s = _spin_limit(spin_ms, self.workers + (0 if local_shard else 1))
-        self._spin = _Spin(self.spin_s)
         context = multiprocessing.get_context(start_method)
         layout = _layout(K, self.obs_dim, self.action_dim)
         buffers = {name: context.RawArray("B", int(np.prod(shape)) * np.dtype(dtype).itemsize) for name, (dtype, shape) in layout.items()}
@@ -313,6 +314,7 @@ class ParallelMultiTaskEnv:
             child_end.close()
             self._processes.append(process)
             self._conns.append(parent_end)
+        self._spin = _Spin(self.spin_s, [conn.fileno() for conn in self._conns])
         if local_shard:  # built while the workers start
             self._local = MultiTaskEnv(
                 benchmark, seed, max_episode_steps=max_episode_steps, terminate_on_success=terminate_on_success,
@@ -365,17 +367,14 @@ class ParallelMultiTaskEnv:
         started = time.perf_counter()
         deadline = time.monotonic() + self.timeout_s
         failures = []
-        spun = None
-        if command == "step":  # the hot path: answers usually follow within the shards' imbalance
-            fds = self._spin.wait([conn.fileno() for conn in self._conns])
-            spun = [conn for conn in self._conns if conn.fileno() in fds]
+        # the hot path: answers usually follow within the shards' imbalance
+        all_spun = command == "step" and len(self._spin.wait()) == len(self._conns)
         while pending:
-            if spun is not None and len(spun) == len(pending):
-                ready = spun  # every answer is in: no need to ask the kernel
+            if all_spun:  # every answer is in: no need to ask the kernel
+                ready, all_spun = self._conns, False
             else:
                 waitables = [self._conns[w] for w in pending] + [self._processes[w].sentinel for w in pending]
                 ready = multiprocessing.connection.wait(waitables, timeout=max(0.0, deadline - time.monotonic()))
-            spun = None
             if not ready:
                 late = ", ".join(self._describe(w) for w in sorted(pending))
                 self._fail(f"{late} did not answer {command!r} within {self.timeout_s:.0f} s")

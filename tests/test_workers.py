@@ -222,7 +222,7 @@ def test_other_start_methods_and_no_spinning_give_the_same_steps(start_method, s
 
 
 def test_spin_budget_adapts_like_guest_halt_polling():
-    spin = _Spin(0.004)
+    spin = _Spin(0.004, [])
     spin.learn(0.001)  # caught while spinning: the budget stays
     assert spin.budget_s == 0.004
     spin.learn(0.050)  # spun for nothing: halve, down to an eighth of the limit, then stop
@@ -240,16 +240,16 @@ def test_spinning_finds_answers_and_closed_pipes_and_gives_up_after_its_budget()
     read_a, write_a = os.pipe()
     read_b, write_b = os.pipe()
     try:
-        spin = _Spin(0.02)
+        spin = _Spin(0.02, [read_a, read_b])
         start = time.perf_counter()
-        assert spin.wait([read_a, read_b]) == set()  # nothing to read: back after the budget
+        assert spin.wait() == set()  # nothing to read: back after the budget
         assert time.perf_counter() - start >= 0.02
         os.write(write_a, b"x")
-        assert spin.wait([read_a, read_b]) == {read_a}
+        assert spin.wait() == {read_a}
         os.close(write_b)  # a dead peer counts as readable: its reader then sees EOF
         write_b = None
-        assert spin.wait([read_a, read_b]) == {read_a, read_b}
-        assert _Spin(0.0).wait([read_a]) == set()  # no budget: no polling
+        assert spin.wait() == {read_a, read_b}
+        assert _Spin(0.0, [read_a]).wait() == set()  # no budget: no polling
     finally:
         for fd in (read_a, write_a, read_b, write_b):
             if fd is not None:
