@@ -27,22 +27,31 @@ from torch import Tensor
 
 from mtrl.aggregators import register
 from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, combine, is_number
-from mtrl.aggregators.solvers import cagrad_dual_exact, cagrad_dual_sgd, gram
+from mtrl.aggregators.solvers import cagrad_dual_exact, cagrad_dual_sgd, gram, gram_tolerance
 
 RESCALE = {0: lambda c: 1.0, 1: lambda c: 1.0 + c**2, 2: lambda c: 1.0 + c}
 
 
-def cagrad_weights(M: np.ndarray, b: np.ndarray, c: float, solver: str, lr: float | None = None) -> tuple[np.ndarray, dict[str, float]]:
-    """Weights on the rows of G (before rescaling) for the CAGrad problem with ``g0 = G^T b``."""
+def cagrad_weights(
+    M: np.ndarray, b: np.ndarray, c: float, solver: str, tol: float, lr: float | None = None
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Weights on the rows of G (before rescaling) for the CAGrad problem with ``g0 = G^T b``.
+
+    ``tol`` is the rounding level of M relative to its largest diagonal entry
+    (``solvers.gram_tolerance`` of G's dtype): a quadratic form ``v' M v`` at or below
+    ``tol (sum_i |v_i|)^2 max_i M_ii`` cannot be told from 0. A mean gradient that small is 0
+    (``d = g0``, exactly what G^T b gives), whatever BLAS summed M; a ``g_{w*}`` that small means
+    the point is Pareto-stationary and the direction is g0 too."""
+    scale = tol * max(float(np.diag(M).max(initial=0.0)), 1e-300)
     g0_sq = float(b @ M @ b)
-    if c == 0.0 or g0_sq <= 1e-30 * max(float(np.trace(M)), 1e-300):
+    if c == 0.0 or g0_sq <= scale * float(np.abs(b).sum()) ** 2:
         return b.copy(), {"lambda": 0.0}
     if solver == "exact":
         w, dual = cagrad_dual_exact(M, b, c)
-        gw = float(np.sqrt(max(w @ M @ w, 0.0)))
-        if gw <= 1e-12 * np.sqrt(g0_sq):
+        gw_sq = float(w @ M @ w)
+        if gw_sq <= scale:  # w is on the simplex: (sum_i |w_i|)^2 = 1
             return b.copy(), {"lambda": 0.0, "dual": float(dual)}
-        lam = c * np.sqrt(g0_sq) / gw
+        lam = c * np.sqrt(g0_sq) / np.sqrt(gw_sq)
         return b + lam * w, {"lambda": float(lam), "dual": float(dual)}
     w, lam, obj = cagrad_dual_sgd(M, b, c, lr if lr is not None else (25.0 if len(b) <= 10 else 50.0))
     return b + lam * w, {"lambda": float(lam), "dual": float(obj)}
@@ -68,7 +77,7 @@ class CAGrad(Aggregator):
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
         K = G.shape[0]
         M = gram(G)
-        weights, info = cagrad_weights(M, np.full(K, 1.0 / K), self.c, self.solver)
+        weights, info = cagrad_weights(M, np.full(K, 1.0 / K), self.c, self.solver, gram_tolerance(G.dtype))
         weights = torch.from_numpy(weights / RESCALE[self.rescale](self.c))
         direction, norm, coefficients = combine(G, weights, self.max_norm, M)
         return Aggregation(direction, weights, {**info, "norm": norm}, coefficients, torch.from_numpy(M))

@@ -22,7 +22,7 @@ from torch import Tensor
 from mtrl.aggregators import register
 from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, combine, is_number
 from mtrl.aggregators.cagrad import RESCALE, cagrad_weights
-from mtrl.aggregators.solvers import gram
+from mtrl.aggregators.solvers import gram, gram_tolerance
 
 
 @register
@@ -78,7 +78,7 @@ class CAGradFast(Aggregator):
             M_rows = M
         sizes = np.array([len(g) for g in groups], dtype=np.float64)
         b = sizes / K  # g0 = sum_j (|group_j| / K) row_j: exact mean gradient
-        weights, info = cagrad_weights(M, b, self.c, self.solver)
+        weights, info = cagrad_weights(M, b, self.c, self.solver, gram_tolerance(G.dtype))
         weights = torch.from_numpy(weights / RESCALE[self.rescale](self.c))
         if ctx.row_groups is None:
             weights = torch.from_numpy(weights.numpy() @ T)  # back to weights on the rows of G

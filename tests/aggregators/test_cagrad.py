@@ -70,11 +70,19 @@ def test_exact_dual_matches_cvxpy(K):
     assert abs(F - problem.value) <= 1e-6 * abs(problem.value)
 
 
-def test_gradients_cancelling_give_zero_direction_and_otherwise_nonzero():  # C8
-    G = random_G(3)
-    G[2] = -(G[0] + G[1])
-    assert float(cagrad(G, c=0.5).direction.norm()) < 1e-12
-    assert float(cagrad(random_G(3), c=0.5).direction.norm()) > 0
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("name", ["cagrad", "cagrad_fast"])
+def test_gradients_cancelling_give_zero_direction_and_otherwise_nonzero(name, scale):  # C8
+    """Relative to the scale of G: the rounding of G's Gram matrix depends on the BLAS (a 2-core
+    AMD EPYC gave a mean-gradient norm of 2e-8 where an Intel Xeon gave 1e-15)."""
+    for seed in range(5):
+        G = scale * random_G(3, seed=seed)
+        G[2] = -(G[0] + G[1])
+        agg = make(name, 3, c=0.5) if name == "cagrad" else make(name, 3, c=0.5, num_sampled=3)
+        direction = agg(G, AggContext(step=0, task_ids=torch.arange(3))).direction
+        assert float(direction.norm()) <= 1e-12 * float(G.norm(dim=1).max())
+        other = scale * random_G(3, seed=seed + 100)
+        assert float(agg(other, AggContext(step=0, task_ids=torch.arange(3))).direction.norm()) > 1e-3 * float(other.norm(dim=1).max())
 
 
 def test_single_task_and_rescale_flags():  # C9, C10
