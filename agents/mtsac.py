@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-from agents.networks import Actor, Critic
+from mtrl.agents.networks import Actor, Critic
 from mtrl.aggregators.base import AggContext, Aggregator
 from mtrl.aggregators.hypergrad import HyperContext
 from mtrl.diagnostics import gradient_diagnostics
@@ -485,6 +485,6 @@ class MTSAC(nn.Module):
 
 def _eager_partition():
     """The partitioner of ``agents/partition.py`` (imported on first use: it loads inductor)."""
-    from agents.partition import EagerPartition
+    from mtrl.agents.partition import EagerPartition
 
     return EagerPartition()

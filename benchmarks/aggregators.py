@@ -23,7 +23,7 @@ import importlib.metadata
 
 import torch
 
-from benchmarks.common import print_table, time_interleaved, write_json
+from mtrl.benchmarks.common import print_table, time_interleaved, write_json
 from mtrl.aggregators import REGISTRY, AggContext, make
 from mtrl.aggregators.solvers import gram, positive_fixed_point
 

@@ -23,7 +23,7 @@ written into ``W.grad`` and Adam steps. Per reading and seed the study reports t
 smallest preference of each task, how often the Nash solve fell back, and the main task's test
 loss ``||W - W*||^2_E[xx']`` next to single-task learning (STL) and Nash-MTL (p fixed uniform).
 
-    python -m benchmarks.auxinash_toy [--readings paper ...] [--seeds 0 1 2] [--epochs 1000] [--json FILE]
+    python -m mtrl.benchmarks.auxinash_toy [--readings paper ...] [--seeds 0 1 2] [--epochs 1000] [--json FILE]
 
 Results and their discussion: docs/aggregators.md, "AuxiNash's illustrative example".
 """
@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor
 
-from benchmarks.common import print_table, write_json
+from mtrl.benchmarks.common import print_table, write_json
 from mtrl.aggregators import AggContext, make
 from mtrl.aggregators.hypergrad import HyperContext
 
@@ -231,7 +231,7 @@ def decays(result: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.auxinash_toy", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mtrl.benchmarks.auxinash_toy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--readings", nargs="+", choices=sorted(READINGS), default=list(READINGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=1000)

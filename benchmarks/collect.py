@@ -2,11 +2,11 @@
 
 Default: our loop against the raw MetaWorld vector env.
 ``gym.make_vec("Meta-World/<benchmark>", vector_strategy="sync")`` stepped with random actions
-against ``envs.metaworld.MultiTaskEnv.step`` plus ``MultiTaskReplay.add`` (what the training loop
+against ``mtrl.envs.metaworld.MultiTaskEnv.step`` plus ``MultiTaskReplay.add`` (what the training loop
 does per step, minus the policy). Target: ours >= 90% of the raw step rate.
 
 ``--workers N``: env worker processes against the in-process env, for each of ``--benchmarks``
-(default MT10 and MT50): ``envs.workers.ParallelMultiTaskEnv(workers=N).step`` as the trainer
+(default MT10 and MT50): ``mtrl.envs.workers.ParallelMultiTaskEnv(workers=N).step`` as the trainer
 builds it (``env.local_shard``: this process steps one of the N shares, N - 1 worker processes
 the rest) and with N worker processes, against ``MultiTaskEnv.step``, on the same random actions
 (all give the same transitions). The ratio is the speed-up of the trainer's setting (> 1: faster);
@@ -39,9 +39,9 @@ import gymnasium as gym
 import metaworld  # noqa: F401  (registers the Meta-World/* ids)
 import numpy as np
 
-from benchmarks.common import print_table, write_json
-from envs.metaworld import MultiTaskEnv, task_goal_sets
-from envs.workers import START_METHODS, ParallelMultiTaskEnv, assign_tasks
+from mtrl.benchmarks.common import print_table, write_json
+from mtrl.envs.metaworld import MultiTaskEnv, task_goal_sets
+from mtrl.envs.workers import START_METHODS, ParallelMultiTaskEnv, assign_tasks
 from mtrl.replay import MultiTaskReplay
 
 TARGETS = {"MT10": 1.5, "MT50": 1.6}  # workers vs in-process with N = 2 on 2 cores (issue 14)
@@ -122,7 +122,7 @@ def _task_step_seconds(env: MultiTaskEnv, actions: np.ndarray) -> np.ndarray:
 
 
 def compute_bound_speedup(task_seconds: np.ndarray, task_names: list[str], workers: int) -> float:
-    """Speed-up of ``workers`` processes (tasks assigned as ``envs.workers.assign_tasks`` does)
+    """Speed-up of ``workers`` processes (tasks assigned as ``mtrl.envs.workers.assign_tasks`` does)
     over one if talking to them cost nothing: all tasks' step time over the slowest worker's."""
     return float(task_seconds.sum() / max(task_seconds[tasks].sum() for tasks in assign_tasks(task_names, workers)))
 

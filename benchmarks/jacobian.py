@@ -15,8 +15,8 @@ import argparse
 
 import torch
 
-from agents.mtsac import MTSAC
-from benchmarks.common import print_table, time_interleaved, write_json
+from mtrl.agents.mtsac import MTSAC
+from mtrl.benchmarks.common import print_table, time_interleaved, write_json
 from mtrl.config import AgentConfig
 from mtrl.jacobian import configure_allocator, per_task_jacobian, resolve_method
 from mtrl.train import resolve_device

@@ -26,9 +26,9 @@ import time
 
 import torch
 
-from agents.mtsac import MTSAC, HyperBatches
-from benchmarks.common import print_table, time_interleaved, write_json
-from benchmarks.profiling import count_step
+from mtrl.agents.mtsac import MTSAC, HyperBatches
+from mtrl.benchmarks.common import print_table, time_interleaved, write_json
+from mtrl.benchmarks.profiling import count_step
 from mtrl.aggregators import REGISTRY, make
 from mtrl.config import AgentConfig
 from mtrl.jacobian import configure_allocator
@@ -152,7 +152,7 @@ def bench_size(K: int, B: int, hidden: int, methods: list[str], repeats: int, de
 
 
 def profile_size(K: int, B: int, hidden: int, methods: list[str], device: torch.device) -> dict:
-    """Syncs and ops per update (a non-log step) of each method, from ``benchmarks.profiling``."""
+    """Syncs and ops per update (a non-log step) of each method, from ``mtrl.benchmarks.profiling``."""
     batch = random_batch(K, B, device)
     out = {}
     for label in methods:

@@ -8,7 +8,7 @@ to the goal, success a distance below 0.15. Episodes end by truncation after
 ``max_episode_steps`` (default 30) steps, like MetaWorld's. SAC learns it in about a thousand
 steps on a CPU, which makes it the learning check of the test suite.
 
-It follows the same interface as ``envs.metaworld.MultiTaskEnv``.
+It follows the same interface as ``mtrl.envs.metaworld.MultiTaskEnv``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import re
 import numpy as np
 import torch
 
-from envs.metaworld import StepResult, end_of_step, rng_state_from_tensor, rng_state_to_tensor
+from mtrl.envs.metaworld import StepResult, end_of_step, rng_state_from_tensor, rng_state_to_tensor
 
 __all__ = ["PointMassEnv", "is_point_benchmark"]
 

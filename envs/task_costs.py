@@ -1,5 +1,5 @@
 """How long one MetaWorld v3 step of each task takes, relative to the others: the weights
-``envs.workers.assign_tasks`` balances the worker shards with.
+``mtrl.envs.workers.assign_tasks`` balances the worker shards with.
 
 Milliseconds per ``env.step`` with uniform random actions (median over 300 steps of every task,
 the tasks stepped in turn so that machine noise hits all of them alike; mean of two such runs,

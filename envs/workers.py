@@ -6,7 +6,7 @@ each task's step cost (``assign_tasks``: longest-processing-time first, with the
 free object on the table, against buttons and faucets), so shards of equal size are not equally
 fast: from the measured costs, MT10 over 4 shards has a compute-bound speed-up of 3.87 balanced
 against 3.12 round-robin, MT50 over 16 shards 15.4 against 12.0 (2 shards: 2.00 against 1.89 for
-MT10). A lock-step waits for the slowest shard. Worker ``w`` runs an ``envs.metaworld.MultiTaskEnv``
+MT10). A lock-step waits for the slowest shard. Worker ``w`` runs an ``mtrl.envs.metaworld.MultiTaskEnv``
 over its tasks. Every task is seeded by its benchmark index, so the same seeds give bit-identical
 observations, rewards and episode bookkeeping as the in-process env whatever the shards, and a
 ``state_dict`` of either loads into the other.
@@ -29,7 +29,7 @@ How it talks (the pattern of gymnasium's ``AsyncVectorEnv``, written for this in
   workers x ~40 us against a ~1 ms step on MT50). These arrays are anonymous memory that
   disappears with the processes, so a SIGKILL leaves nothing behind in /dev/shm.
 * **start method ``spawn``**: workers are fresh interpreters that import this module and
-  ``envs.metaworld``, neither of which imports torch (about 1.5 s and 90 MB per worker instead
+  ``mtrl.envs.metaworld``, neither of which imports torch (about 1.5 s and 90 MB per worker instead
   of 4.5 s and 280 MB). ``fork`` would copy a parent holding torch's thread pools and possibly
   CUDA, which is unsafe; ``forkserver`` starts faster but its server dies of a SIGTERM sent to the
   process group (SLURM, ``kill -TERM -PGID``), after which the parent can no longer tell whether
@@ -72,11 +72,11 @@ from typing import Any, Callable
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
-from envs.metaworld import (
+from mtrl.envs.metaworld import (
     MultiTaskEnv, StepResult, _check_episode_steps, benchmark_task_names, from_tensors, join_tasks, select_tasks,
     task_goal_sets, to_tensors,
 )
-from envs.task_costs import STEP_MS
+from mtrl.envs.task_costs import STEP_MS
 
 __all__ = ["EnvWorkerError", "ParallelMultiTaskEnv", "assign_tasks"]
 

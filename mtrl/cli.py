@@ -89,7 +89,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
     import importlib
 
-    module = importlib.import_module(f"benchmarks.{args.what}")
+    module = importlib.import_module(f"mtrl.benchmarks.{args.what}")
     return int(module.main(rest) or 0)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from envs.metaworld import benchmark_task_names
-from envs.synthetic import is_point_benchmark
+from mtrl.envs.metaworld import benchmark_task_names
+from mtrl.envs.synthetic import is_point_benchmark
 from mtrl import checkpoint as ckpt
 from mtrl.config import Config, ConfigError, config_from_dict
 from mtrl.evaluate import MetaWorldResult, evaluate_metaworld, make_metaworld_envs, metaworld_obs_dim

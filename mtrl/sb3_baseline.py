@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
-from envs.metaworld import MultiTaskEnv, benchmark_task_names
+from mtrl.envs.metaworld import MultiTaskEnv, benchmark_task_names
 from mtrl.evaluate import evaluate
 from mtrl.metrics import MetricsLogger, write_status
 

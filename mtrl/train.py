@@ -23,10 +23,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from agents.mtsac import MTSAC, HyperBatches
-from envs.metaworld import MultiTaskEnv
-from envs.synthetic import PointMassEnv, is_point_benchmark
-from envs.workers import ParallelMultiTaskEnv
+from mtrl.agents.mtsac import MTSAC, HyperBatches
+from mtrl.envs.metaworld import MultiTaskEnv
+from mtrl.envs.synthetic import PointMassEnv, is_point_benchmark
+from mtrl.envs.workers import ParallelMultiTaskEnv
 from mtrl import checkpoint as ckpt
 from mtrl.aggregators import Aggregator, make
 from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
@@ -173,7 +173,7 @@ def _hyper_batches(replay: MultiTaskReplay, batch_per_task: int, validation_task
 
 def make_env(cfg: Config, seed: int, evaluation: bool = False, goal_seed: int | None = None) -> MultiTaskEnv:
     """One environment of ``cfg.env``: ``Point-<K>`` benchmarks are the synthetic point-mass tasks
-    of ``envs.synthetic``, everything else is MetaWorld (in ``env.workers`` processes when > 1).
+    of ``mtrl.envs.synthetic``, everything else is MetaWorld (in ``env.workers`` processes when > 1).
     Evaluation envs may end on success; ``goal_seed`` picks the MetaWorld goal set (default ``seed``)."""
     terminate = evaluation and cfg.env.eval_terminate_on_success
     if is_point_benchmark(cfg.env.benchmark):

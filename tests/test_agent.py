@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from agents.mtsac import MTSAC
+from mtrl.agents.mtsac import MTSAC
 from mtrl.aggregators import make
 from mtrl.aggregators.ls import LinearScalarization
 from mtrl.config import AgentConfig

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import aggregators, collect, jacobian, update
-from envs.metaworld import benchmark_task_names
+from mtrl.benchmarks import aggregators, collect, jacobian, update
+from mtrl.envs.metaworld import benchmark_task_names
 
 
 def test_aggregator_benchmark_runs_and_writes_ratios(tmp_path):
@@ -102,7 +102,7 @@ def test_compute_bound_speedup_is_set_by_the_slowest_worker():
 
 
 def test_auxinash_toy_study_runs_each_kind_of_reading():
-    from benchmarks import auxinash_toy
+    from mtrl.benchmarks import auxinash_toy
 
     for name in ["paper", "train_same_val_held_out_exact", "P10_val_same_batch", "init_far_stl"]:
         result = auxinash_toy.run(auxinash_toy.READINGS[name], seed=0, epochs=2)
@@ -116,7 +116,7 @@ def test_auxinash_toy_harmful_preference_decays_in_the_reading_that_reproduces_i
     """[AN §6.1, Fig. 1] in the one reading of App. D.1 where the decay reproduces in every seed
     (docs/aggregators.md): L_T of the hypergradient on the inner step's own batch, L_V on a large
     held-out set, the exact inverse Hessian. The harmful task ends at the floor, below both others."""
-    from benchmarks import auxinash_toy
+    from mtrl.benchmarks import auxinash_toy
 
     result = auxinash_toy.run(auxinash_toy.READINGS["train_same_val_held_out_exact"], seed=1, epochs=1000)
     assert auxinash_toy.decays(result), result["final_p"]

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from envs.metaworld import benchmark_task_names
+from mtrl.envs.metaworld import benchmark_task_names
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

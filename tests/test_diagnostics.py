@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.mtsac import MTSAC
+from mtrl.agents.mtsac import MTSAC
 from mtrl.aggregators import make
 from mtrl.config import AgentConfig
 from mtrl.diagnostics import gradient_diagnostics

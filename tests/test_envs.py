@@ -19,8 +19,8 @@ import torch
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 from metaworld.policies import ENV_POLICY_MAP
 
-from envs.metaworld import MAX_PATH_LENGTH, MultiTaskEnv, _plain_attributes, _same, _sim_state, benchmark_task_names
-from envs.synthetic import PointMassEnv
+from mtrl.envs.metaworld import MAX_PATH_LENGTH, MultiTaskEnv, _plain_attributes, _same, _sim_state, benchmark_task_names
+from mtrl.envs.synthetic import PointMassEnv
 from mtrl.evaluate import evaluate
 from tests.helpers import reach_controller, through_torch_save
 

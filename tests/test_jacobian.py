@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from agents.mtsac import MTSAC
+from mtrl.agents.mtsac import MTSAC
 from mtrl.config import AgentConfig
 from mtrl.jacobian import METHODS, flatten, group_rows, grouped_jacobian, linear_layers, per_task_jacobian, resolve_method
 

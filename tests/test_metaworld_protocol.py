@@ -17,7 +17,7 @@ import metaworld.evaluation
 import numpy as np
 import pytest
 
-from envs.metaworld import MultiTaskEnv, benchmark_task_names
+from mtrl.envs.metaworld import MultiTaskEnv, benchmark_task_names
 from mtrl.config import apply_overrides, config_from_dict
 from mtrl.evaluate import MetaWorldAgent, env_task_names, evaluate_metaworld, make_metaworld_envs, metaworld_obs_dim
 from mtrl.rollouts import evaluate_run_metaworld

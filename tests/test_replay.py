@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.synthetic import PointMassEnv
+from mtrl.envs.synthetic import PointMassEnv
 from mtrl.replay import Batch, MultiTaskReplay
 from tests.helpers import through_torch_save
 

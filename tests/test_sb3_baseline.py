@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from envs.metaworld import MultiTaskEnv
+from mtrl.envs.metaworld import MultiTaskEnv
 from mtrl.report import find_runs, group_runs
 from mtrl.sb3_baseline import SingleTaskGym, train_sb3
 

@@ -2,7 +2,7 @@
 K x K Gram transfers of G-based methods, fewer ops, and a compiled update (``agent.compile``)
 that gives the eager update's parameters, never recompiles, and resumes bit-exactly.
 
-Syncs and ops are counted with ``benchmarks.profiling`` (the CPU proxy of ``mtrl bench update
+Syncs and ops are counted with ``mtrl.benchmarks.profiling`` (the CPU proxy of ``mtrl bench update
 --profile``). The compile tests share one tiny agent shape, so inductor compiles each piece once
 per session (tens of seconds on two cores; the rest reuses it).
 """
@@ -15,8 +15,8 @@ import warnings
 import pytest
 import torch
 
-from agents.mtsac import MTSAC
-from benchmarks.profiling import count_step
+from mtrl.agents.mtsac import MTSAC
+from mtrl.benchmarks.profiling import count_step
 from mtrl.aggregators import make
 from mtrl.config import AgentConfig
 from mtrl.metrics import read_metrics

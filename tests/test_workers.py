@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from envs.metaworld import MultiTaskEnv, benchmark_task_names
-from envs.task_costs import STEP_MS
-from envs.workers import EnvWorkerError, ParallelMultiTaskEnv, _spin_limit, _Spin, assign_tasks
+from mtrl.envs.metaworld import MultiTaskEnv, benchmark_task_names
+from mtrl.envs.task_costs import STEP_MS
+from mtrl.envs.workers import EnvWorkerError, ParallelMultiTaskEnv, _spin_limit, _Spin, assign_tasks
 from mtrl.config import ConfigError, config_from_dict
 from mtrl.train import make_env
 from tests.helpers import through_torch_save
