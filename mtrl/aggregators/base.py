@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtrl.aggregators.performance import pi_omega
+
 __all__ = ["AggContext", "Aggregation", "Aggregator", "check_gradient_matrix", "combine", "raise_if_non_finite"]
 
 
@@ -262,9 +264,7 @@ def adam_update(param, grad, m, v, t: int, lr: float, weight_decay: float = 0.0,
 
 def pi_scaled(weights: Tensor, ctx: AggContext) -> Tensor:
     """``weights * omega``: the PI-integration of a loss weighting [PV §4.4] (``performance.py``)."""
-    from mtrl.aggregators.performance import pi_omega
-
-    omega, _ = pi_omega(ctx, torch.as_tensor(ctx.task_ids).long().cpu())
+    omega, _ = pi_omega(ctx.perf, torch.as_tensor(ctx.task_ids).long().cpu())
     return weights * omega
 
 

@@ -51,7 +51,7 @@ class MGDA(Aggregator):
             result = min_norm_simplex(M, tol=tol)
             weights = torch.from_numpy(result.weights)
         else:  # PI-MGDA: the min-norm point of the omega-scaled gradients omega_i g_i
-            omega, _ = pi_omega(ctx, torch.as_tensor(ctx.task_ids).long().cpu())
+            omega, _ = pi_omega(ctx.perf, torch.as_tensor(ctx.task_ids).long().cpu())
             result = min_norm_simplex(M * np.outer(omega.numpy(), omega.numpy()), tol=tol)
             weights = torch.from_numpy(result.weights) * omega
         info = {"iterations": float(result.iterations), "gap": result.gap, "stationary": float(result.stationary)}

@@ -60,7 +60,7 @@ class NashMTL(FixedPointWeighting):
 
     def coefficients(self, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, float]:
         if self.pi:  # PI-Nash-MTL: bargaining powers omega (M alpha = omega / alpha)
-            return pi_omega(ctx, task_ids)[0].numpy(), 1.0
+            return pi_omega(ctx.perf, task_ids)[0].numpy(), 1.0
         return np.ones(len(task_ids)), 1.0
 
     def solve(

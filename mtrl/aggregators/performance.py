@@ -18,7 +18,8 @@ import math
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import AggContext
+# This module imports nothing from the rest of mtrl.aggregators: ``base.py`` (the loss weightings'
+# ``pi=True``) and the methods import it, never the other way round.
 
 __all__ = ["performance_weights", "pi_omega", "success_to_performance_drop"]
 
@@ -43,11 +44,12 @@ def performance_weights(dm: Tensor, bound: float = 2.0, min_temperature: float =
     return len(dm) * z / z.sum(), tau
 
 
-def pi_omega(ctx: AggContext, task_ids: Tensor, bound: float = 2.0, min_temperature: float = 10.0) -> tuple[Tensor, float]:
+def pi_omega(perf: Tensor | None, task_ids: Tensor, bound: float = 2.0, min_temperature: float = 10.0) -> tuple[Tensor, float]:
     """omega of the tasks present (renormalised to sum to their number, so absent tasks take no
-    weight away) from ``ctx.perf``, and tau; omega = 1 before the first evaluation."""
-    if ctx.perf is None:
+    weight away) from the success rates ``perf`` [num_tasks] (an ``AggContext``'s ``perf``), and
+    tau; omega = 1 before the first evaluation (``perf`` None)."""
+    if perf is None:
         return torch.ones(len(task_ids), dtype=torch.float64), float(min_temperature)
-    omega_all, tau = performance_weights(success_to_performance_drop(torch.as_tensor(ctx.perf)), bound, min_temperature)
+    omega_all, tau = performance_weights(success_to_performance_drop(torch.as_tensor(perf)), bound, min_temperature)
     omega = omega_all[task_ids]
     return omega * len(omega) / omega.sum(), tau

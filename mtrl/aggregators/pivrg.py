@@ -53,7 +53,7 @@ class PIVRG(FixedPointWeighting):
         self._last_tau = self.min_temperature
 
     def coefficients(self, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, float]:
-        omega, tau = pi_omega(ctx, task_ids, self.bound, self.min_temperature)
+        omega, tau = pi_omega(ctx.perf, task_ids, self.bound, self.min_temperature)
         self.last_omega[task_ids] = omega
         self._last_tau = tau
         return np.sqrt(omega.numpy()), 0.5
