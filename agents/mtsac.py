@@ -1,4 +1,4 @@
-"""Multi-task SAC whose critic and actor updates go through gradient aggregators (DESIGN §4).
+"""Multi-task SAC whose critic and actor updates go through gradient aggregators (docs/design.md §4).
 
 Losses (``_critic_loss``, ``_actor_loss``) are batch-polymorphic: written for one task (inputs
 [B, ...], per-task scalars shaped [1]) they also take the stacked inputs of all tasks ([K, B, ...],

@@ -13,7 +13,7 @@ Variants (``AgentConfig.variant``):
 
 ``task_specific_names()`` lists the parameters that belong to single tasks (embedding table,
 heads); they take the plain sum of the per-task gradients, everything else is shared and goes
-through the aggregator (spec §1.3).
+through the aggregator (docs/design.md §4).
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 For K = 10 and 50 and P = 343,000 (the MT10 critic size), a float32 G with a common component:
 the Gram matrix ``M = G G^T`` (float32 matmul, cast to float64: what every G-based method pays),
 each method's full call, and the K x K Nash solve alone. Prints ms and ratios, and checks the
-DESIGN §8 targets: Nash solve <= 1 ms (K = 10) / 5 ms (K = 50), ``nashmtl`` <= 1.5 x Gram + 1 ms,
+docs/design.md §8 targets: Nash solve <= 1 ms (K = 10) / 5 ms (K = 50), ``nashmtl`` <= 1.5 x Gram + 1 ms,
 ``cagrad`` <= 1.5 x Gram + 2 ms.
 
 ``--vs torchjd`` instead times each method that TorchJD 0.18 also has against TorchJD's
-aggregator on the same G, interleaved in one run, and prints the ratio ours / TorchJD (DESIGN §8:
+aggregator on the same G, interleaved in one run, and prints the ratio ours / TorchJD (docs/design.md §8:
 every method <= 1.0 x; MGDA <= 0.5 x), then the same comparison on a K x K matrix with the same
 Gram matrix, where the Gram matrix and ``w @ G`` (the same matmuls in both libraries) vanish and
 only the solvers and overheads are compared. TorchJD is an optional dependency: ``pip install

@@ -1,6 +1,6 @@
 """Host syncs and compute-like aten ops per training update, counted under ``torch.profiler``.
 
-The CPU proxies of GPU readiness (DESIGN §8), measurable without a GPU and meaning the same on
+The CPU proxies of GPU readiness (docs/design.md §8), measurable without a GPU and meaning the same on
 CUDA:
 
 * **syncs**: ``aten::_local_scalar_dense`` events (every ``float(t)``, ``int(t)``, ``bool(t)``,

@@ -7,7 +7,7 @@ Jacobian; ``nashmtl(T=100)`` is Nash-MTL-100 averaged over its schedule; ``auxin
 ``auxilearn`` include their outer step amortised over 25 / 50 updates, ``(inner)`` is without it,
 and the difference gives the cost of one outer step. Every method uses the trainer's default
 Jacobian engine ("auto": "linear" for these networks); ``name(engine)`` runs a registry method
-with another engine (``cagrad(loop)``: the reference code's K backward passes). DESIGN §8
+with another engine (``cagrad(loop)``: the reference code's K backward passes). docs/design.md §8
 targets: Nash-MTL (T = 1) <= 1.3 x LS, CAGrad <= 1.3 x LS, CAGrad-Fast at K = 50 <= 0.5 x CAGrad.
 
     mtrl bench update [--sizes 10 50] [--methods ...] [--device auto] [--repeats 5] [--json FILE]

@@ -2,7 +2,7 @@
 
 One MetaWorld env per task, stepped in lock-step. The envs are driven directly rather than
 through gymnasium's ``SyncVectorEnv`` (which is the same Python loop) so that this wrapper
-controls three things the vector API hides (notes/metaworld-v3.md):
+controls three things the vector API hides (docs/design.md §2, "MetaWorld v3 facts"):
 
 * **the transition to store**: when an episode ends, ``StepResult.next_obs`` is the true last
   observation and ``StepResult.obs`` the first observation of the next episode (same-step

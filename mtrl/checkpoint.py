@@ -1,4 +1,4 @@
-"""Atomic checkpoints and their discovery (DESIGN §6).
+"""Atomic checkpoints and their discovery (docs/design.md §6).
 
 A checkpoint is one ``torch.save`` file ``checkpoints/step_<N>.pt`` holding only tensors and plain
 Python containers, so it loads with ``weights_only=True``. ``torch.save`` streams it straight into a

@@ -1,7 +1,7 @@
 """Gradient-conflict diagnostics of one aggregated step, from the Gram matrix ``M = G G^T``.
 
 Everything a user needs to see *why* a method behaves as it does is in M and the direction ``d``
-the optimizer stepped along (DESIGN §2: computed next to the aggregator call, logged like any
+the optimizer stepped along (docs/design.md §2: computed next to the aggregator call, logged like any
 metric, every ``log_every`` steps):
 
 * ``task_grad_norm`` [K]: ``||g_i|| = sqrt(M_ii)``;

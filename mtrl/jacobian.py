@@ -1,4 +1,4 @@
-"""Per-task Jacobian G [K, P] of a loss vector w.r.t. one parameter group (DESIGN §5).
+"""Per-task Jacobian G [K, P] of a loss vector w.r.t. one parameter group (docs/design.md §5).
 
 ``loss_fn(params, *one_task_inputs) -> scalar`` is written for ONE task; every tensor in
 ``inputs`` has a leading task dimension K. Three engines compute the same G:

@@ -1,4 +1,4 @@
-"""Run outputs (DESIGN §7): ``metrics.jsonl``, ``eval.csv``, ``status.json``, optional TensorBoard,
+"""Run outputs (docs/design.md §7): ``metrics.jsonl``, ``eval.csv``, ``status.json``, optional TensorBoard,
 and a progress bar (tqdm).
 
 Both metric files are append-only; their byte sizes are recorded in every checkpoint so that a
@@ -62,7 +62,7 @@ def _clean(value: Any) -> Any:
 def read_metrics(values: dict[str, Any]) -> dict[str, Any]:
     """Plain numbers for a metrics dict whose values may be tensors or arrays.
 
-    The training step hands its metrics over as device tensors (DESIGN §8: nothing is read on
+    The training step hands its metrics over as device tensors (docs/design.md §8: nothing is read on
     the host in the hot loop); this is where they are read, once per log line: every tensor on an
     accelerator comes to the host in ONE transfer. 0-d tensors become floats, others (nested)
     lists; numpy arrays become lists; everything else passes through."""

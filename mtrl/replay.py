@@ -1,4 +1,4 @@
-"""Per-task replay buffer on the training device (DESIGN §2).
+"""Per-task replay buffer on the training device (docs/design.md §2).
 
 Storage is one tensor per field shaped [capacity, K, ...] (slot-major): every step adds one
 transition per task, so all K ring buffers advance together, each add writes one contiguous row,

@@ -6,7 +6,7 @@ label: the sweep's method label when the run was started by ``mtrl sweep`` (``la
 ``sweep.json``), else the aggregator name. Runs of ``MT1-<task>`` benchmarks form the "STL" row.
 A ``label`` key in ``config.yaml`` overrides both (``mtrl.sb3_baseline`` runs are "sb3_sac").
 
-Statistics per method, over seeds (spec §4.1):
+Statistics per method, over seeds (the papers' protocol: docs/design.md §4):
 
 * **best**: per run, the maximum over evaluations of the task-averaged success (the papers'
   "best average"), then mean +- SEM over seeds (SEM with ddof = 1; 0 for one seed);

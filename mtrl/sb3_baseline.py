@@ -5,7 +5,7 @@
 
 The environment is the same ``MT1-<task>`` environment ``mtrl train`` uses (goals resampled from
 the task's 50 variations on each reset, ``max_episode_steps`` steps per episode, truncation not
-termination), wrapped as a plain gymnasium env. SAC uses the settings of our agent (DESIGN §4):
+termination), wrapped as a plain gymnasium env. SAC uses the settings of our agent (docs/design.md §4):
 3 x 400 ReLU networks, Adam 3e-4, batch 128, gamma 0.99, tau 0.005, automatic temperature from
 1.0 with target entropy -|A|, 1500 random warm-up steps, one gradient step per env step.
 Every ``eval_every`` steps the deterministic policy is evaluated with ``mtrl.evaluate`` on a

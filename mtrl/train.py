@@ -1,6 +1,7 @@
 """The training loop: collect -> store -> update -> evaluate -> log -> checkpoint.
 
-Read top to bottom. This is the only module that knows every other one (DESIGN §2).
+Read top to bottom. This is where env, replay, agent, aggregators, evaluation, logging and
+checkpoints are put together (docs/design.md §2).
 
 Randomness: every RNG derives from ``cfg.seed``: the agent's torch.Generator (policy sampling and
 update noise), a CPU torch.Generator for warm-up actions and aggregator randomness, the replay

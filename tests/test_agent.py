@@ -1,4 +1,4 @@
-"""The multi-task SAC update (agents/mtsac.py, DESIGN §3-4): the no-Jacobian path and the G path
+"""The multi-task SAC update (agents/mtsac.py, docs/design.md §3 and §4): the no-Jacobian path and the G path
 write the same gradients, task-specific parameters take the plain sum, every engine gives the
 same update, CAGrad-Fast's reduced G still feeds every task's temperature, max_norm clips, and a
 non-finite loss skips the step without touching the parameters."""

@@ -1,7 +1,7 @@
 """End-to-end training: every registry method trains a few hundred steps on real MT10.
 
 One MetaWorld MT10 build (training + evaluation envs) is shared by all methods; each run gets
-its own run directory and checks the outputs DESIGN §7 promises.
+its own run directory and checks the outputs docs/design.md §7 lists.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Registry of gradient aggregators (DESIGN §3, binding).
+"""Registry of gradient aggregators (docs/design.md §3).
 
 >>> from mtrl.aggregators import make, AggContext
 >>> agg = make("nashmtl", num_tasks=10, update_every=1, max_norm=1.0)

@@ -1,7 +1,7 @@
 """AuxiLearn [AL], "learning to combine auxiliary tasks": a monotone network over the losses.
 
 The training loss is ``L_T = loss_main + g(losses; phi)`` [AL §3.1-3.2]: a small network g maps
-the vector of per-task losses (the main task first, then the others by task id; spec §2.3.8) to
+the vector of per-task losses (the main task first, then the others by task id; docs/aggregators.md, readings table) to
 a scalar. Its gradient is an adaptive weighting of the task gradients,
 ``grad L_T = g_main + sum_j (dg / dloss_j) g_j`` [AL §3.2], so no G is needed: every step the
 trainer backpropagates ``sum_i w_i loss_i`` once with ``w = e_main + dg/dloss``.
@@ -23,7 +23,7 @@ i.e. the combiner starts close to LS and learns to lower harmful auxiliaries. ``
 ``g = sum_j phi_j loss_j`` with phi initialised to ``init_upper``.
 
 With no main task (``ctx.main_task`` None) the skip term is the mean loss and L_A the mean
-held-out loss over all tasks: an extension, not the paper's setting (spec §2.2.8).
+held-out loss over all tasks: an extension, not the paper's setting (docs/aggregators.md, "Bilevel methods").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Inner step (every call): the weights solve ``M alpha = p / alpha`` [AN Claim 4.1], the same
 Newton solver as Nash-MTL with c = p (``d = G^T alpha``, ``g_i^T d = p_i / alpha_i``,
 ``||d||^2 = sum p``). Preferences use the released code's convention ``sum p = K`` (uniform
-p = 1 gives exactly Nash-MTL's alpha; the outer learning rate was tuned for it, spec §2.2.1).
+p = 1 gives exactly Nash-MTL's alpha; the outer learning rate was tuned for it; docs/aggregators.md, readings table).
 
 Outer step, in the order of Algorithm 1 [AN Alg 1]: after every ``hyper_every`` = N_p inner
 steps, i.e. after the N_p-th call AND the parameter update the trainer makes with its direction,
@@ -15,15 +15,15 @@ the preferences take one step on the implicit hypergradient of the validation lo
 with alpha and M of the N_p-th call (the last solve, as the released code does), ``G'`` and ``H``
 from ``L_T = sum alpha_i loss_i`` on a fresh batch (``ctx.hyper.train_losses``) and ``L_V`` =
 ``ctx.hyper.val_loss`` (the main task's loss on another fresh batch, or, with no main task, the
-mean loss: an extension labelled in spec §2.2.8), both at the updated parameters. Since the update
+mean loss: an extension of this project, docs/aggregators.md "Bilevel methods"), both at the updated parameters. Since the update
 happens between two calls, the step is taken at the start of the next call, before its solve,
 which then uses the new preferences; the alpha, M and task ids it needs are kept in the state
 (``outer_*``), so a checkpoint between the two calls resumes exactly. Then the gradient is
 clipped to norm ``grad_clip``, p takes one SGD step with momentum, is floored at ``pref_floor``
-and renormalised to sum K (spec §2.2.3 defaults). The step is taken every N_p steps
+and renormalised to sum K (defaults: docs/aggregators.md). The step is taken every N_p steps
 unconditionally, also when the N_p-th call's alpha came from the Nash fallback (see
 docs/aggregators.md for what that does to the hypergradient; ``skip_after_fallback=True`` skips
-those steps instead, as spec §2.2.5 proposed); it is skipped only when it cannot be computed: no
+those steps instead, an option of this project); it is skipped only when it cannot be computed: no
 closures (``ctx.hyper`` None), other task rows than the N_p-th call's, or a non-finite
 hypergradient (``hyper_skipped`` counts them). The outer step never touches the model
 parameters: it only reads gradients.

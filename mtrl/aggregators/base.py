@@ -1,4 +1,4 @@
-"""The aggregator contract (DESIGN §3, binding).
+"""The aggregator contract (docs/design.md §3; the trainer, benchmarks and tests rely on it).
 
 An aggregator turns the per-task gradient matrix ``G [K, P]`` (rows are task gradients of the
 shared parameters) into one update direction ``d [P]``. The optimizer steps along ``-d``.
@@ -111,7 +111,7 @@ def combine(
 
     Returns ``(direction, norm before clipping, c after clipping)``. With ``M`` (the Gram matrix of
     G's rows, float64 on the CPU) the norm is ``sqrt(c^T M c)`` and the clip scale is folded into
-    the coefficients, so nothing is read back from G's device (DESIGN §8: the only host transfer of
+    the coefficients, so nothing is read back from G's device (docs/design.md §8: the only host transfer of
     a G-based step is the K x K Gram matrix). Without ``M`` the norm of ``c @ G`` is read from the
     device (one sync; only the loss-weighting methods, which the trainer never sends down the G
     path, take it)."""

@@ -11,9 +11,9 @@ cvxpy) or ``solver="sgd"`` (the RL recipe of [CA App B.3] as in the MTRL code: 2
 steps on softmax logits, lr 25 for K <= 10 else 50, momentum 0.5, best of 21 iterates; the rule
 "K <= 10 -> 25" generalises the paper's MT10 / MT50 values).
 
-``rescale`` (not in the paper, released-code variants [C], spec §2.4.3): 0 none, 1 divide by
+``rescale`` (not in the paper, released-code variants [C]; docs/aggregators.md, readings table): 0 none, 1 divide by
 (1 + c^2) (default, MTRL CAGrad), 2 divide by (1 + c). It changes the magnitude only.
-Edge cases (spec §2.4.7): c = 0 or g0 = 0 short-circuit to g0; if ``||g_{w*}|| ~ 0`` (the point
+Edge cases: c = 0 or g0 = 0 short-circuit to g0; if ``||g_{w*}|| ~ 0`` (the point
 is Pareto-stationary) the direction is g0. c >= 1 is allowed with a warning (Thm 3.2 needs c < 1).
 """
 

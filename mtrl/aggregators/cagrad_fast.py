@@ -9,7 +9,7 @@ pseudo-tasks). The worst-case term only over-estimates the true one (the mean of
 its minimum), and the constraint is CAGrad's, so Thm 3.2 still holds [CA §3.3 Remark].
 
 |S| counts sampled tasks exactly as Eq. 4 does (the released "fastN" code samples N - 1 tasks
-plus one remainder group; spec §6 item 7). Default ``rescale=2`` (divide by 1 + c), as the MTRL
+plus one remainder group; docs/aggregators.md, readings table). Default ``rescale=2`` (divide by 1 + c), as the MTRL
 ``cagrad_fast`` code. With |S| >= K it is plain CAGrad.
 """
 

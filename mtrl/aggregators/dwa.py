@@ -2,7 +2,7 @@
 
 ``w_i = K exp(r_i / T) / sum_j exp(r_j / T)`` with ``r_i`` the ratio of task i's mean loss over
 the last completed window to its mean over the window before (windows of ``window`` = 25 calls,
-as the released code averages 25 iterations; spec §6 item 22), T = ``temperature`` = 2. The weights
+as the released code averages 25 iterations; docs/aggregators.md, readings table), T = ``temperature`` = 2. The weights
 are 1 until two windows are complete. SAC losses can be negative: the ratio uses absolute window
 means (floored at 1e-8), so a shrinking |loss| lowers the weight as for positive losses.
 State is kept by global task id.

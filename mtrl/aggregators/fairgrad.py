@@ -1,8 +1,7 @@
 """FairGrad (Ban & Ji, 2024): alpha-fair utility maximisation over task improvement rates.
 
 Maximises ``sum_i u_i^(1-alpha) / (1-alpha)`` (``sum log u_i`` for alpha = 1) over directions
-``d`` with ``u_i = g_i^T d``; the optimality condition is ``M w = w^(-1/alpha)`` [D, spec §3
-item 16]. alpha = 1 is Nash-MTL, alpha = 2 is PIVRG with omega = 1 [PV App C.2], alpha -> 0 is
+``d`` with ``u_i = g_i^T d``; the optimality condition is ``M w = w^(-1/alpha)`` [D]. alpha = 1 is Nash-MTL, alpha = 2 is PIVRG with omega = 1 [PV App C.2], alpha -> 0 is
 linear scalarisation and alpha -> infinity MGDA. Solved exactly by the shared Newton solver.
 
 Default ``alpha=2.0`` (minimum potential delay fairness, the setting that PIVRG reduces to):

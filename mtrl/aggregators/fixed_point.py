@@ -2,7 +2,7 @@
 
 Nash-MTL (q = 1, c = 1), FairGrad (q = 1/alpha_fair, c = 1), PIVRG (q = 1/2, c = sqrt(omega)) and
 AuxiNash (q = 1, c = p) differ only in (c, q) and their defaults. This base class owns what they
-share: the warm start indexed by global task id, the fallbacks of spec §2.1.7, the reuse of the
+share: the warm start indexed by global task id, the fallbacks (docs/aggregators.md, "Solvers"), the reuse of the
 last weights for T - 1 steps (Nash-MTL-T), and the post-processing (optional x K, max-norm clip).
 """
 

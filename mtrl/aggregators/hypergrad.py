@@ -7,7 +7,7 @@ gives ``dL_V/dh = -grad_theta L_V^T H^-1 d^2 L_T / (d theta d h)`` with ``H`` th
 ``L_T`` in theta [AN Eq. 4, AL Eq. 4]. ``H^-1`` is replaced by Lorraine et al.'s truncated Neumann
 series ``q = sum_{j=0..J} (I - eta H)^j grad_theta L_V`` [AL Alg. 2], which tends to
 ``(eta H)^-1 grad_theta L_V`` as J grows. Like the released code, the result is NOT multiplied
-by eta (the factor is absorbed by the outer learning rate and clipping, spec §2.3.3).
+by eta (the factor is absorbed by the outer learning rate and clipping).
 
 The trainer describes the inner problem with a :class:`HyperContext` (``AggContext.hyper``):
 the shared parameters, a closure giving the per-task training losses on a fresh batch, and one

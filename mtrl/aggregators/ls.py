@@ -1,6 +1,6 @@
 """Linear scalarisation (LS) and its mean variant.
 
-LS minimises ``sum_i loss_i``; its direction is ``sum_i g_i`` (the DESIGN §3 scale convention).
+LS minimises ``sum_i loss_i``; its direction is ``sum_i g_i`` (the scale convention of docs/design.md §3).
 ``mean`` returns ``(1/K) sum_i g_i`` (CAGrad's L0, PIVRG's LS). Both are pure loss weightings,
 so the trainer never needs G for them: ``needs_jacobian`` is False and one backward of the
 weighted loss gives the same direction.

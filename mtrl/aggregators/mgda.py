@@ -1,6 +1,6 @@
 """MGDA (Desideri, 2012; Sener & Koltun, 2018): the min-norm point of the convex hull of the task
 gradients, ``w* = argmin_{w in simplex} ||G^T w||^2`` [CA App A.1, Eq. 6], on the shared
-parameters (the "MGDA" rows of [NM], not MGDA-UB; spec §6 item 20). ``d = G^T w*`` satisfies
+parameters (the "MGDA" rows of [NM], not MGDA-UB; docs/aggregators.md, readings table). ``d = G^T w*`` satisfies
 ``g_i^T d >= ||d||^2`` with equality where ``w_i > 0`` (KKT); ``d = 0`` iff the point is
 Pareto-stationary.
 

@@ -6,7 +6,7 @@ The weights solve ``M alpha = 1 / alpha`` (M = G G^T) [NM Claim 3.1, Eq. 2]; the
 
 Solvers:
 * ``solver="exact"`` (default): damped Newton on the convex potential
-  ``1/2 a'Ma - sum log a`` (spec §2.1.3), warm-started from the previous weights by global task
+  ``1/2 a'Ma - sum log a`` (docs/aggregators.md, "Solvers"), warm-started from the previous weights by global task
   id; converges to a relative residual of 1e-10 in a handful of iterations.
 * ``solver="ccp"``: the paper's concave-convex procedure on Eq. 5 [NM §3.2] with cvxpy
   (imported only here), on the Frobenius-normalised Gram matrix as the reference code does,
@@ -17,7 +17,7 @@ Options: ``update_every=T`` recomputes the weights every T calls and reuses them
 ``sum_i alpha_i loss_i`` once); ``max_norm`` (1.0, the reference code's clipping; since
 ``||d|| = sqrt(K) >= 1`` the shared update then always has unit norm); ``scale_by_K``;
 ``pi=True`` (PI-Nash-MTL [PV §4.4]: bargaining powers omega from ``ctx.perf``).
-Fallbacks (spec §2.1.7): zero rows get weight 0; if no positive solution exists (0 in the
+Fallbacks (docs/aggregators.md, "Solvers"): zero rows get weight 0; if no positive solution exists (0 in the
 convex hull of the gradients) the previous weights are reused, else equal weights on
 normalised gradients (then ``||d|| <= 1``), and ``info["fallback_used"] = 1``. The solver sees
 such a Pareto-stationary G after 5 Newton iterations (a min-norm probe on the unit gradients,

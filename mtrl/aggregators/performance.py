@@ -2,7 +2,7 @@
 
 ``omega = K softmax(dm / tau)`` with ``tau = max((dm_max - dm_min) / log s, tau*)`` [PV Eq. 5,
 App A.1], so ``sum omega = K`` and ``omega_i in [1/s, s]`` (Prop 1). In RL the performance drop of
-task i comes from its latest evaluation success rate, ``dm_i = 100 (1 - SR_i)`` (spec §2.5.3).
+task i comes from its latest evaluation success rate, ``dm_i = 100 (1 - SR_i)`` (docs/aggregators.md, readings table).
 
 ``pi=True`` on ``ls``, ``mean``, ``rlw``, ``dwa``, ``uw``, ``mgda`` multiplies the method's task
 weights by omega (PI-LS etc.: ``loss -> omega * loss`` as seen by the model [PV §4.4]; the

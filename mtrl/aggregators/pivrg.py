@@ -8,7 +8,7 @@ over a ball [PV §3.3, Eq. 4]; its KKT conditions give ``d = G^T alpha`` with
 Performance weights [PV §3.2, Eq. 5, App A.1]: ``omega = K softmax(dm / tau)`` with
 ``tau = max((dm_max - dm_min) / log s, tau*)``, so that ``sum omega = K`` and every
 ``omega_i in [1/s, s]`` (Prop 1). In RL the performance drop of task i is read from its latest
-evaluation success rate (spec §2.5.3): ``dm_i = 100 (1 - SR_i)``, i.e. perfect success is the
+evaluation success rate (docs/aggregators.md, readings table): ``dm_i = 100 (1 - SR_i)``, i.e. perfect success is the
 reference; ``ctx.perf`` carries the success rates of all tasks (omega = 1 before the first
 evaluation; a NaN entry, a task not evaluated yet, gets the mean of the others' dm).
 

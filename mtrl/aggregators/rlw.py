@@ -1,7 +1,7 @@
 """RLW: random loss weighting (Lin et al., 2021).
 
 Every step draws ``z ~ N(0, I)`` from ``ctx.generator`` and weights the losses by
-``softmax(z)`` (the Nash-MTL code's convention [C]; spec §3 item 6), so the weights are positive
+``softmax(z)`` (the Nash-MTL code's convention [C]; docs/aggregators.md, readings table), so the weights are positive
 and sum to 1. No G is needed.
 """
 

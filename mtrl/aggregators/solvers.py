@@ -1,13 +1,14 @@
 """The K x K solvers shared by the aggregators, all in float64 on the CPU (numpy).
 
 Every method that solves a small problem over the Gram matrix ``M = G G^T`` calls into this file;
-no solver is copied between methods (DESIGN §3). The Gram matrix itself is one matmul in G's own
-dtype on G's device, then cast to float64 and moved to the CPU (DESIGN §3 supersedes spec §1.5:
-a float32 Gram is 5-10x faster on a CPU and changed Nash weights by at most 2e-7 relative).
+no solver is copied between methods (docs/design.md §3). The Gram matrix itself is one matmul in G's own
+dtype on G's device, then cast to float64 and moved to the CPU (docs/design.md §3: on a 2-core
+CPU a float32 Gram took 4 to 6x less time than casting G to float64 first, and changed the
+Nash weights by at most 5e-6 relative).
 
 Section A: positive fixed points ``M a = c * a^(-q)`` (Nash-MTL q=1, AuxiNash and PI-Nash-MTL
 q=1 with c=p, PIVRG q=1/2 with c=sqrt(omega), FairGrad q=1/alpha) by damped Newton on a strictly
-convex potential (spec §2.1.3, §2.5.2 [D]).
+convex potential (derived in this project [D]; docs/aggregators.md, "Solvers").
 Section B: problems over the simplex (MGDA's min-norm point, the CAGrad dual, the 20-step RL
 CAGrad solver of the MTRL code).
 
@@ -53,7 +54,7 @@ def gram(G: Tensor) -> np.ndarray:
 
     Raises ``ValueError`` if G holds NaN or Inf (seen on the diagonal, the squared row norms)."""
     M = G @ G.T
-    with torch.profiler.record_function(HOST_TRANSFER):  # the one sync of a G-based step (DESIGN §8)
+    with torch.profiler.record_function(HOST_TRANSFER):  # the one sync of a G-based step (docs/design.md §8)
         M = M.to(device="cpu", dtype=torch.float64).numpy()
     if not np.isfinite(M.diagonal()).all():
         raise_if_non_finite(G)
@@ -457,7 +458,7 @@ def _active_set_newton(M: np.ndarray, a: np.ndarray, r: float, w0: np.ndarray, m
 def cagrad_dual_sgd(
     M: np.ndarray, b: np.ndarray, c: float, lr: float, steps: int = 20, momentum: float = 0.5
 ) -> tuple[np.ndarray, float, float]:
-    """The RL solver of the CAGrad MTRL code [CA App B.3; spec §2.4.2]: ``steps`` momentum-SGD
+    """The RL solver of the CAGrad MTRL code [CA App B.3]: ``steps`` momentum-SGD
     steps on softmax logits over a Gram matrix normalised by the mean row norm, best-of-(steps+1).
 
     Returns ``(w, lambda, best objective)`` where the direction is ``(b + lambda * w) @ G``

@@ -1,7 +1,7 @@
 """UW: uncertainty weighting (Kendall et al., 2018) [NM §6 (6)].
 
 Minimises ``sum_i 1/2 (exp(-s_i) loss_i + s_i)`` with learned log-variances ``s_i`` (the
-released code's form [C], spec §3 item 5): the model gets weights ``1/2 exp(-s_i)`` and, each
+released code's form [C]; docs/aggregators.md, readings table): the model gets weights ``1/2 exp(-s_i)`` and, each
 step, ``s`` takes one Adam step (``lr``) on its own gradient ``1/2 (1 - exp(-s_i) loss_i)``.
 ``s`` and its Adam moments are kept by global task id and saved in ``state_dict``.
 """

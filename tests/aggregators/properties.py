@@ -1,7 +1,7 @@
-"""Property assertions written once and applied to every method that claims them (spec §5.1).
+"""Property assertions written once and applied to every method that claims them (ids G1-G5: docs/aggregators.md, "Checked properties").
 
-Inputs are float64 random matrices with a common component, so they are not Pareto-stationary
-(spec §5.0); degenerate inputs are built explicitly.
+Inputs are float64 random matrices with a common component, so they are not Pareto-stationary;
+degenerate inputs are built explicitly.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""AuxiNash (spec §5.3), AuxiLearn (§5.4), the implicit hypergradient, and PI-integration (§2.5.9).
+"""AuxiNash (ids A*), AuxiLearn (ids L*), the implicit hypergradient, and PI-integration [PV §4.4].
+
+Property ids: docs/aggregators.md, "Checked properties".
 
 The hypergradient tests use least-squares tasks, where the inner optimum theta*(h) has a closed
 form, so d L_V(theta*(h)) / d h can be taken by central finite differences and compared with the
-implementation (Neumann series with many terms, times eta: spec §2.3.3).
+implementation (Neumann series with many terms, times eta: docs/aggregators.md, "Bilevel methods").
 """
 
 from __future__ import annotations
@@ -416,7 +418,7 @@ def test_auxilearn_state_round_trip_and_missing_tasks():
     assert w.shape == (2,) and bool((w > 0).all())
 
 
-# ---- PI-integration (spec §2.5.9) -----------------------------------------------------------------
+# ---- PI-integration [PV §4.4] -----------------------------------------------------------------------
 
 
 PERF = torch.tensor([0.0, 0.3, 0.6, 0.9, 1.0], dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""MGDA, PCGrad, IMTL-G, PIVRG, FairGrad and the loss weightings (spec §5.6-5.8)."""
+"""MGDA, PCGrad, IMTL-G, PIVRG, FairGrad and the loss weightings (property ids: docs/aggregators.md, "Checked properties")."""
 
 from __future__ import annotations
 

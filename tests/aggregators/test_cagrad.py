@@ -1,4 +1,4 @@
-"""CAGrad and CAGrad-Fast properties (spec §5.5), with a cvxpy cross-check of the dual."""
+"""CAGrad and CAGrad-Fast properties (ids C1-C14: docs/aggregators.md, "Checked properties"), with a cvxpy cross-check of the dual."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Generic properties (spec §5.1) and edge cases, applied to every registered aggregator."""
+"""Generic properties (ids G1-G5: docs/aggregators.md, "Checked properties") and edge cases, applied to every registered aggregator."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nash-MTL properties (spec §5.2) and a cvxpy cross-check."""
+"""Nash-MTL properties (ids N1-N14: docs/aggregators.md, "Checked properties") and a cvxpy cross-check."""
 
 from __future__ import annotations
 
