@@ -1,4 +1,8 @@
-"""A tiny synthetic multi-task environment for fast learning checks (no MuJoCo).
+"""A tiny synthetic multi-task environment for fast learning checks (no physics simulator).
+
+Its dynamics are a few lines of numpy, but the module imports ``mtrl.envs.metaworld`` for the
+step result and its bookkeeping, and that imports ``metaworld`` and ``mujoco``: both must be
+installed (they are dependencies of the package) even for ``Point-<K>`` runs.
 
 ``Point-<K>``: K tasks, each a point mass in the plane that must reach its own goal. Task k's
 goal lies at angle 2*pi*k/K on the unit circle; the goal is NOT in the observation, so one

@@ -50,8 +50,10 @@ class EnvConfig:
             task, MetaWorld's protocol; the evaluation env draws which one comes next with its
             own RNG) or "heldout" (a disjoint set sampled from another seed, for generalisation
             studies; what evaluation used before this option existed).
-        workers: run the MetaWorld tasks in this many worker processes (tasks split evenly, at
-            most one worker per task; ``envs/workers.py``); 1 steps them in the training process.
+        workers: run the MetaWorld tasks in this many worker processes (tasks dealt into shares
+            balanced by each task's step cost as measured once in ``envs/task_costs.py``, not by
+            count; at most one share per task; ``envs/workers.py``); 1 steps them in the
+            training process.
             Any value gives the same trajectories; the evaluation env uses as many.
         local_shard: with ``workers`` N > 1, the training process steps one of the N shares of
             the tasks itself while N - 1 worker processes step the others (it would otherwise
@@ -73,7 +75,7 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """Multi-task SAC (defaults: the MTRL/CARE MT10 protocol, DESIGN §4).
+    """Multi-task SAC (defaults: the MTRL/CARE MT10 protocol, docs/design.md §4).
 
     Attributes:
         variant: "mt" (one-hot task id input), "te" (learned task embedding), "mh" (shared
@@ -200,7 +202,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """Checkpointing (DESIGN §6).
+    """Checkpointing (docs/design.md §6).
 
     Attributes:
         every: write a checkpoint every N steps (and at the end); 0 disables periodic ones.
