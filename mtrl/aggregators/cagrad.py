@@ -23,11 +23,11 @@ import warnings
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, combine, is_number
-from mtrl.aggregators.solvers import cagrad_dual_exact, cagrad_dual_sgd, gram, gram_tolerance
+from mtrl.aggregators.base import AggContext, GramAggregation, check_option, check_positive_or_none, clip_coefficients, is_number
+from mtrl.aggregators.from_gram import GramAggregator
+from mtrl.aggregators.solvers import cagrad_dual_exact, cagrad_dual_sgd, gram_tolerance
 
 RESCALE = {0: lambda c: 1.0, 1: lambda c: 1.0 + c**2, 2: lambda c: 1.0 + c}
 
@@ -58,8 +58,7 @@ def cagrad_weights(
 
 
 @register
-class CAGrad(Aggregator):
-    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
+class CAGrad(GramAggregator):
     name = "cagrad"
 
     def __init__(
@@ -74,10 +73,12 @@ class CAGrad(Aggregator):
             warnings.warn(f"CAGrad with c = {c} >= 1: the convergence guarantee of [CA Thm 3.2] needs c < 1", stacklevel=2)
         self.c, self.solver, self.rescale, self.max_norm = float(c), solver, rescale, max_norm
 
-    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
-        K = G.shape[0]
-        M = gram(G)
-        weights, info = cagrad_weights(M, np.full(K, 1.0 / K), self.c, self.solver, gram_tolerance(G.dtype))
-        weights = torch.from_numpy(weights / RESCALE[self.rescale](self.c))
-        direction, norm, coefficients = combine(G, weights, self.max_norm, M)
-        return Aggregation(direction, weights, {**info, "norm": norm}, coefficients, torch.from_numpy(M))
+    def finish_gram(self, M: np.ndarray, weights: np.ndarray, info: dict[str, float]) -> GramAggregation:
+        weights = weights / RESCALE[self.rescale](self.c)
+        coefficients, info["norm"] = clip_coefficients(weights, self.max_norm, M)
+        return GramAggregation(coefficients, weights, info)
+
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
+        K = M.shape[0]
+        weights, info = cagrad_weights(M, np.full(K, 1.0 / K), self.c, self.solver, gram_tolerance(dtype))
+        return self.finish_gram(M, weights, info)

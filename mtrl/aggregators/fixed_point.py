@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_gradient_matrix, check_int, check_positive_or_none, combine
-from mtrl.aggregators.solvers import STATIONARY_TOL, gram, gram_tolerance, positive_fixed_point
+from mtrl.aggregators.base import AggContext, GramAggregation, check_bool, check_int, check_positive_or_none, clip_coefficients
+from mtrl.aggregators.from_gram import GramAggregator
+from mtrl.aggregators.solvers import STATIONARY_TOL, FixedPointResult, gram_tolerance, positive_fixed_point
 
 
-class FixedPointWeighting(Aggregator):
+class FixedPointWeighting(GramAggregator):
     """Base class: subclasses implement ``coefficients(ctx, task_ids) -> (c [K], q)``."""
-    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
 
     state_attributes = ("alpha", "step")
 
@@ -58,10 +58,19 @@ class FixedPointWeighting(Aggregator):
         """Weights for the rows of M, with fallbacks; does not touch the state. ``stationary_tol``:
         the rounding level of M (``gram_tolerance`` of G's dtype), below which 0 counts as in the
         convex hull of the rows and the solver stops early (``info["stationary"] = 1``)."""
-        c, q = self.coefficients(ctx, task_ids)
-        previous = self.alpha[task_ids].numpy()
-        warm = previous if self.warm_start and np.all(previous > 0) else None
+        c, q, previous, warm = self.solver_inputs(ctx, task_ids)
         result = positive_fixed_point(M, c, q, alpha0=warm, stationary_tol=stationary_tol)
+        return self.accept(result, previous, M)
+
+    def solver_inputs(self, ctx: AggContext, task_ids: Tensor) -> tuple[np.ndarray, float, np.ndarray, np.ndarray | None]:
+        """``(c, q, previous weights, warm start or None)`` of one solve."""
+        c, q = self.coefficients(ctx, task_ids)
+        previous = self.alpha.numpy()[task_ids.numpy()]  # a copy (numpy indexing: a third of torch's cost)
+        warm = previous if self.warm_start and np.all(previous > 0) else None
+        return c, q, previous, warm
+
+    def accept(self, result: FixedPointResult, previous: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """The weights of a solve, or its fallback when it found none (spec §2.1.7), and its info."""
         info = {"iterations": float(result.iterations), "residual": result.residual, "fallback_used": 0.0,
                 "stationary": float(result.stationary)}
         alpha = result.alpha
@@ -74,33 +83,34 @@ class FixedPointWeighting(Aggregator):
                 alpha = np.where(norms > 0, 1.0 / (len(norms) * np.maximum(norms, 1e-300)), 0.0)
         return alpha, info
 
-    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
         task_ids = torch.as_tensor(ctx.task_ids).long().cpu()
-        if not self.needs_jacobian(ctx.step):  # called with G on a reuse step: same direction
-            check_gradient_matrix(G)  # no Gram matrix on this path to check the values
+        if not self.needs_jacobian(ctx.step):  # called on a reuse step: the stored weights (M gives the norm)
             self.step += 1
-            alpha = self.alpha[task_ids].numpy()
-            info = {"reused": 1.0}
-        else:
-            M = gram(G)
-            alpha, info = self.solve_and_store(M, ctx, task_ids, gram_tolerance(G.dtype))
-            return self.finish(G, torch.from_numpy(alpha), info, M)
-        return self.finish(G, torch.from_numpy(alpha), info)
+            return self.finish_gram(M, self.alpha[task_ids].numpy(), {"reused": 1.0}, ctx, task_ids)
+        alpha, info = self.solve_and_store(M, ctx, task_ids, gram_tolerance(dtype))
+        return self.finish_gram(M, alpha, info, ctx, task_ids)
 
     def solve_and_store(
         self, M: np.ndarray, ctx: AggContext, task_ids: Tensor, stationary_tol: float = STATIONARY_TOL
     ) -> tuple[np.ndarray, dict[str, float]]:
         """One weight update: solve, keep the weights unless they came from a fallback, count the call."""
         alpha, info = self.solve(M, ctx, task_ids, stationary_tol)
-        if info["fallback_used"] == 0.0:
-            self.alpha[task_ids] = torch.from_numpy(alpha)
-        self.step += 1
+        self.store(alpha, info, task_ids)
         return alpha, info
 
-    def finish(self, G: Tensor, weights: Tensor, info: dict[str, float], M: np.ndarray | None = None) -> Aggregation:
-        """``d = G^T alpha`` (x K if ``scale_by_K``), clipped to ``max_norm`` (the norm from ``M``
-        when the step computed it)."""
-        scaled = weights.numpy() * G.shape[0] if self.scale_by_K else weights
-        direction, norm, coefficients = combine(G, scaled, self.max_norm, M)
-        info["norm"] = norm
-        return Aggregation(direction, weights, info, coefficients, None if M is None else torch.from_numpy(M))
+    def store(self, alpha: np.ndarray, info: dict[str, float], task_ids: Tensor) -> None:
+        if info["fallback_used"] == 0.0:
+            self.alpha.numpy()[task_ids.numpy()] = alpha  # written into the state tensor's memory
+        self.step += 1
+
+    def finish_gram(self, M: np.ndarray, alpha: np.ndarray, info: dict[str, float], ctx: AggContext, task_ids: Tensor) -> GramAggregation:
+        """Coefficients ``alpha`` (x K if ``scale_by_K``) clipped to ``max_norm`` by the norm from M."""
+        scaled = alpha * len(alpha) if self.scale_by_K else alpha
+        coefficients, info["norm"] = clip_coefficients(scaled, self.max_norm, M)
+        info.update(self.extra_info(ctx, task_ids))
+        return GramAggregation(coefficients, alpha, info)
+
+    def extra_info(self, ctx: AggContext, task_ids: Tensor) -> dict[str, float]:
+        """Method-specific floats to log after a call (none here)."""
+        return {}

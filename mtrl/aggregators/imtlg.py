@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_positive_or_none, combine
-from mtrl.aggregators.solvers import gram, solve_small
+from mtrl.aggregators.base import AggContext, GramAggregation, check_positive_or_none, clip_coefficients
+from mtrl.aggregators.from_gram import GramAggregator
+from mtrl.aggregators.solvers import solve_small
 
 
 def imtlg_weights(M: np.ndarray) -> np.ndarray:
@@ -53,8 +53,7 @@ def imtlg_weights(M: np.ndarray) -> np.ndarray:
 
 
 @register
-class IMTLG(Aggregator):
-    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
+class IMTLG(GramAggregator):
     name = "imtlg"
 
     def __init__(self, num_tasks: int, max_norm: float | None = None) -> None:
@@ -62,11 +61,11 @@ class IMTLG(Aggregator):
         check_positive_or_none("max_norm", max_norm)
         self.max_norm = max_norm
 
-    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
-        M = gram(G)
-        w = imtlg_weights(M)
+    def finish_gram(self, M: np.ndarray, w: np.ndarray) -> GramAggregation:
         if not np.all(np.isfinite(w)):  # singular beyond the ridge: fall back to the mean
-            w = np.full(G.shape[0], 1.0 / G.shape[0])
-        weights = torch.from_numpy(w)
-        direction, norm, coefficients = combine(G, weights, self.max_norm, M)
-        return Aggregation(direction, weights, {"norm": norm}, coefficients, torch.from_numpy(M))
+            w = np.full(M.shape[0], 1.0 / M.shape[0])
+        coefficients, norm = clip_coefficients(w, self.max_norm, M)
+        return GramAggregation(coefficients, w, {"norm": norm})
+
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
+        return self.finish_gram(M, imtlg_weights(M))
