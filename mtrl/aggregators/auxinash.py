@@ -52,6 +52,7 @@ __all__ = ["AuxiNash"]
 class AuxiNash(FixedPointWeighting):
     name = "auxinash"
     uses_hyper = True
+    batched_solver = False  # the outer step runs the closures of ctx.hyper: one member at a time
     state_attributes = (
         "alpha", "step", "preference", "momentum", "initialised", "hypersteps", "hyper_skipped", "last_hyper",
         "outer_pending", "outer_alpha", "outer_gram", "outer_task_ids", "outer_after_fallback",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -232,6 +232,22 @@ class Aggregator:
     def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:  # pragma: no cover
         """``coefficients_from_gram`` without the checks; every registered method implements it."""
         raise NotImplementedError(f"{self.name} has no Gram-level path")
+
+    @classmethod
+    def aggregate_population(
+        cls, members: Sequence[Aggregator], M: np.ndarray, contexts: Sequence[AggContext], dtype: torch.dtype
+    ) -> list[GramAggregation | Exception]:
+        """``aggregate_gram`` of each member (instances of ``cls``) on its own ``M[s]`` [S, K, K]
+        (already checked), one result or the exception it raised per member. This default loops;
+        methods whose solver runs on all members at once override it, keeping member ``s``'s result
+        and state independent of the other members."""
+        out: list[GramAggregation | Exception] = []
+        for member, M_s, ctx in zip(members, M, contexts):
+            try:
+                out.append(member.aggregate_gram(M_s, ctx, dtype))
+            except Exception as error:  # noqa: BLE001 - reported for this member only
+                out.append(error)
+        return out
 
     def needs_jacobian(self, step: int) -> bool:
         """Whether the update at ``step`` needs the per-task gradient matrix G."""

@@ -8,12 +8,15 @@ last weights for T - 1 steps (Nash-MTL-T), and the post-processing (optional x K
 
 from __future__ import annotations
 
+from typing import ClassVar, NamedTuple, Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import AggContext, GramAggregation, check_bool, check_int, check_positive_or_none, clip_coefficients
-from mtrl.aggregators.from_gram import GramAggregator
+from mtrl.aggregators.base import AggContext, Aggregator, GramAggregation, check_bool, check_int, check_positive_or_none, clip_coefficients
+from mtrl.aggregators.batched import positive_fixed_point_batch
+from mtrl.aggregators.from_gram import GramAggregator, isolate_failures
 from mtrl.aggregators.solvers import STATIONARY_TOL, FixedPointResult, gram_tolerance, positive_fixed_point
 
 
@@ -21,6 +24,8 @@ class FixedPointWeighting(GramAggregator):
     """Base class: subclasses implement ``coefficients(ctx, task_ids) -> (c [K], q)``."""
 
     state_attributes = ("alpha", "step")
+    #: a population's members solve in one ``positive_fixed_point_batch`` (False: one after another)
+    batched_solver: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -114,3 +119,60 @@ class FixedPointWeighting(GramAggregator):
     def extra_info(self, ctx: AggContext, task_ids: Tensor) -> dict[str, float]:
         """Method-specific floats to log after a call (none here)."""
         return {}
+
+    # ---- a population ----------------------------------------------------------------------------
+    def uses_batched_solver(self) -> bool:
+        return self.batched_solver
+
+    @classmethod
+    def aggregate_population(
+        cls, members: Sequence[Aggregator], M: np.ndarray, contexts: Sequence[AggContext], dtype: torch.dtype
+    ) -> list[GramAggregation | Exception]:
+        """The members that solve at this step (``needs_jacobian``) and whose rows are all non-zero
+        solve in one ``positive_fixed_point_batch`` per exponent q; the others (reuse steps of
+        Nash-MTL-T, zero rows, the CCP solver, AuxiNash) take the single-member path."""
+        out: list[GramAggregation | Exception | None] = [None] * len(members)
+        norms = np.sqrt(np.clip(M.diagonal(axis1=1, axis2=2), 0.0, None))  # solvers.zero_rows, all members
+        has_zero_row = (norms <= 1e-12 * np.maximum(norms.max(1, initial=0.0), 1e-300)[:, None]).any(1)
+        pending: list[_Solve] = []
+        for s, (agg, ctx) in enumerate(zip(members, contexts)):
+            try:
+                if not agg.uses_batched_solver() or has_zero_row[s] or not agg.needs_jacobian(ctx.step):
+                    out[s] = agg.aggregate_gram(M[s], ctx, dtype)
+                    continue
+                task_ids = torch.as_tensor(ctx.task_ids).long().cpu()
+                pending.append(_Solve(s, task_ids, *agg.solver_inputs(ctx, task_ids)))
+            except Exception as error:  # noqa: BLE001 - reported for this member only
+                out[s] = error
+        tolerance = gram_tolerance(dtype)
+        for q in sorted({entry.q for entry in pending}):
+            group = [entry for entry in pending if entry.q == q]
+            index = np.array([entry.member for entry in group])
+            c = np.stack([entry.c for entry in group])
+            warm = np.stack([np.full(M.shape[1], np.nan) if entry.warm is None else entry.warm for entry in group])
+            solved = isolate_failures(
+                lambda rows: positive_fixed_point_batch(M[index[rows]], c[rows], q, warm[rows], stationary_tol=tolerance), len(group)
+            )
+            for entry, result in zip(group, solved):
+                s, agg = entry.member, members[entry.member]
+                if isinstance(result, Exception):
+                    out[s] = result
+                    continue
+                try:
+                    alpha, info = agg.accept(result, entry.previous, M[s])
+                    agg.store(alpha, info, entry.task_ids)
+                    out[s] = agg.finish_gram(M[s], alpha, info, contexts[s], entry.task_ids)
+                except Exception as error:  # noqa: BLE001 - reported for this member only
+                    out[s] = error
+        return out  # type: ignore[return-value]
+
+
+class _Solve(NamedTuple):
+    """One member's inputs to the batched solve (``FixedPointWeighting.solver_inputs``)."""
+
+    member: int
+    task_ids: Tensor
+    c: np.ndarray
+    q: float
+    previous: np.ndarray
+    warm: np.ndarray | None

@@ -10,12 +10,15 @@ the shared-parameter gradients (Nash-MTL used feature-level gradients for its IM
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, GramAggregation, check_positive_or_none, clip_coefficients
-from mtrl.aggregators.from_gram import GramAggregator
+from mtrl.aggregators.base import AggContext, Aggregator, GramAggregation, check_positive_or_none, clip_coefficients
+from mtrl.aggregators.batched import solve_batch
+from mtrl.aggregators.from_gram import GramAggregator, isolate_failures
 from mtrl.aggregators.solvers import solve_small
 
 
@@ -52,6 +55,22 @@ def imtlg_weights(M: np.ndarray) -> np.ndarray:
     return w
 
 
+def imtlg_weights_batch(M: np.ndarray) -> list[np.ndarray]:
+    """``imtlg_weights`` of every member of ``M [S, K, K]`` whose rows are all non-zero (the
+    caller checks): the closed form's (K-1) x (K-1) systems in one stacked solve; a member whose
+    system is exactly singular takes the single-member path (its 1e-8 ridge)."""
+    S, K = M.shape[0], M.shape[1]
+    if K == 1:
+        return [np.ones(1) for _ in range(S)]
+    norms = np.sqrt(np.clip(M.diagonal(axis1=1, axis2=2), 0.0, None))
+    gu = M / norms[:, None, :]  # gu[s, a, b] = g_a . u_b
+    DU = gu[:, 0, 0, None, None] - gu[:, 0, None, 1:] - gu[:, 1:, 0, None] + gu[:, 1:, 1:]
+    rhs = gu[:, 0, 0, None] - gu[:, 0, 1:]
+    tail, ok = solve_batch(np.ascontiguousarray(DU.transpose(0, 2, 1)), np.ascontiguousarray(rhs))
+    w = np.concatenate([1.0 - tail.sum(1, keepdims=True), tail], axis=1)
+    return [w[s] if ok[s] else imtlg_weights(M[s]) for s in range(S)]
+
+
 @register
 class IMTLG(GramAggregator):
     name = "imtlg"
@@ -69,3 +88,24 @@ class IMTLG(GramAggregator):
 
     def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
         return self.finish_gram(M, imtlg_weights(M))
+
+    @classmethod
+    def aggregate_population(
+        cls, members: Sequence[Aggregator], M: np.ndarray, contexts: Sequence[AggContext], dtype: torch.dtype
+    ) -> list[GramAggregation | Exception]:
+        """Members whose rows are all non-zero solve in one ``imtlg_weights_batch``; a member with a
+        zero row (a smaller system) takes the single-member path."""
+        norms = np.sqrt(np.clip(M.diagonal(axis1=1, axis2=2), 0.0, None))
+        full = (norms > 1e-12 * np.maximum(norms.max(1, initial=0.0), 1e-300)[:, None]).all(1)
+        batch = np.flatnonzero(full)
+        solved = dict(zip(batch.tolist(), isolate_failures(lambda rows: imtlg_weights_batch(M[batch[rows]]), len(batch))))
+        out: list[GramAggregation | Exception] = []
+        for s, (agg, ctx) in enumerate(zip(members, contexts)):
+            try:
+                if s not in solved:
+                    out.append(agg.aggregate_gram(M[s], ctx, dtype))
+                else:
+                    out.append(solved[s] if isinstance(solved[s], Exception) else agg.finish_gram(M[s], solved[s]))
+            except Exception as error:  # noqa: BLE001 - reported for this member only
+                out.append(error)
+        return out

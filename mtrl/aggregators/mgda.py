@@ -23,12 +23,15 @@ rows scaled by omega, as the loss-weighting methods see ``omega * loss``.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, GramAggregation, check_bool, check_positive_or_none, clip_coefficients
-from mtrl.aggregators.from_gram import GramAggregator
+from mtrl.aggregators.base import AggContext, Aggregator, GramAggregation, check_bool, check_positive_or_none, clip_coefficients
+from mtrl.aggregators.batched import min_norm_simplex_batch
+from mtrl.aggregators.from_gram import GramAggregator, isolate_failures
 from mtrl.aggregators.performance import pi_omega
 from mtrl.aggregators.solvers import MinNormResult, gram_tolerance, min_norm_simplex
 
@@ -60,3 +63,29 @@ class MGDA(GramAggregator):
     def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
         target, omega = self.scaled_gram(M, ctx)
         return self.finish_gram(M, min_norm_simplex(target, tol=gram_tolerance(dtype)), omega)
+
+    @classmethod
+    def aggregate_population(
+        cls, members: Sequence[Aggregator], M: np.ndarray, contexts: Sequence[AggContext], dtype: torch.dtype
+    ) -> list[GramAggregation | Exception]:
+        """All members' min-norm points in one ``min_norm_simplex_batch`` (Wolfe's method in lock-step)."""
+        out: list[GramAggregation | Exception | None] = [None] * len(members)
+        targets, omegas, index = [], [], []
+        for s, (agg, ctx) in enumerate(zip(members, contexts)):
+            try:
+                target, omega = agg.scaled_gram(M[s], ctx)
+            except Exception as error:  # noqa: BLE001 - reported for this member only
+                out[s] = error
+                continue
+            targets.append(target)
+            omegas.append(omega)
+            index.append(s)
+        if index:
+            stacked, tol = np.stack(targets), gram_tolerance(dtype)
+            solved = isolate_failures(lambda rows: min_norm_simplex_batch(stacked[rows], tol=tol), len(index))
+            for s, omega, result in zip(index, omegas, solved):
+                try:
+                    out[s] = result if isinstance(result, Exception) else members[s].finish_gram(M[s], result, omega)
+                except Exception as error:  # noqa: BLE001 - reported for this member only
+                    out[s] = error
+        return out  # type: ignore[return-value]
