@@ -89,8 +89,10 @@ def test_aggregate_is_the_gram_path_bit_for_bit_with_the_same_state(name, option
         pytest.skip("no max_norm option")
     options = {**options, **({"max_norm": 0.5} if clip else {})}
     on_G, on_M = make(name, K, **options), make(name, K, **options)
-    for step in range(4):
+    for step in range(5):
         G = random_G(K, seed=step).to(dtype) * (1 + step)
+        if step == 4:  # nearly anti-parallel rows: 0 is in the hull of the unit rows up to ~1e-9, which
+            G[1] = -G[0] + 1e-4 * G[1]  # float32's tolerance (1.2e-5) counts as 0 and float64's does not
         out = on_G(G, ctx_for(K, step))
         res = on_M.coefficients_from_gram(gram(G), ctx_for(K, step), G.dtype)
         direction = torch.from_numpy(res.coefficients).to(G) @ G
@@ -133,13 +135,17 @@ def test_gram_path_checks_its_input():
 
 
 def diverse_grams(count: int, K: int, seed: int) -> np.ndarray:
-    """Gram matrices of random G with varied task scales and a signed common component: many need
-    Wolfe's major and minor cycles (not only its start) and several Newton steps."""
+    """Gram matrices of random G with varied task scales and a signed common component, and (one in
+    three) of K + 1 columns with log-normal scales: many need Wolfe's major and minor cycles, some
+    with several rows leaving the corral at once, and several Newton steps."""
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(count):
-        P = int(rng.choice([K + 2, 2 * K, 40]))
-        G = rng.normal(size=(K, P)) * rng.uniform(0.05, 3.0, size=(K, 1)) + rng.uniform(-1, 1) * rng.normal(size=P)
+    for i in range(count):
+        if i % 3 == 2:
+            G = rng.normal(size=(K, K + 1)) * np.exp(rng.normal(0.0, 1.0, size=(K, 1)))
+        else:
+            P = int(rng.choice([K + 2, 2 * K, 40]))
+            G = rng.normal(size=(K, P)) * rng.uniform(0.05, 3.0, size=(K, 1)) + rng.uniform(-1, 1) * rng.normal(size=P)
         out.append(G @ G.T)
     return np.stack(out)
 
@@ -164,25 +170,29 @@ def test_positive_fixed_point_batch_matches_the_single_solver(q, K):
     assert checked >= 20 and any(r.stationary for r in results) == bool(stationary)
 
 
+@pytest.mark.parametrize("tol", [1e-12, 1e-5])  # gram_tolerance of float64 and float32
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
 @pytest.mark.parametrize("K", [4, 6, 10])
-def test_min_norm_simplex_batch_matches_wolfe(K):
-    M = diverse_grams(60, K, seed=K)
-    results = batched.min_norm_simplex_batch(M, tol=1e-12)
+def test_min_norm_simplex_batch_matches_wolfe(K, scale, tol):
+    M = diverse_grams(60, K, seed=K + 5) * scale  # at K = 10: minor cycles where several rows leave at once
+    results = batched.min_norm_simplex_batch(M, tol=tol)
     cycles = 0
     for s, result in enumerate(results):
-        ref = min_norm_simplex(M[s], tol=1e-12)
+        ref = min_norm_simplex(M[s], tol=tol)
         assert result.stationary == ref.stationary, s
         if not ref.stationary:  # 0 not in the hull: a unique min-norm point and the same path to it
             assert result.iterations == ref.iterations, s
             np.testing.assert_allclose(result.weights, ref.weights, rtol=0.0, atol=RTOL)
             np.testing.assert_allclose(result.gap, ref.gap, rtol=0.0, atol=RTOL)
+            assert abs(result.weights.sum() - 1.0) < 1e-12 and result.weights.min() >= 0.0
             cycles += ref.iterations > 2
     assert cycles >= 3  # the inputs reach the major / minor cycles, not only the start
 
 
-def test_min_norm_simplex_batch_at_stationary_points_returns_a_vanishing_combination():
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
+def test_min_norm_simplex_batch_at_stationary_points_returns_a_vanishing_combination(scale):
     """There the weights are not unique; each path returns one of norm^2 <= tol max_i M_ii."""
-    M = np.stack([(g @ g.T).numpy() for g in stationary_inputs().values() if g.shape[0] == 10])
+    M = np.stack([(g @ g.T).numpy() for g in stationary_inputs().values() if g.shape[0] == 10]) * scale
     for s, result in enumerate(batched.min_norm_simplex_batch(M, tol=1e-5)):
         assert result.stationary and result.weights.min() >= 0.0 and abs(result.weights.sum() - 1.0) < 1e-12
         assert result.weights @ M[s] @ result.weights <= 1e-5 * M[s].diagonal().max()
@@ -204,21 +214,28 @@ def test_batched_kernels_are_member_independent_bit_for_bit():
     """Every kernel on a stack equals the kernel on each member alone, including when another
     member's system is exactly singular (the stacked solve raises and is redone member by member)."""
     M = diverse_grams(6, 6, seed=9)
+    M[0] *= 1e-8  # members of very different magnitudes: no tolerance may mix them
+    M[5] *= 1e8
     dependent = M[2].copy()
     dependent[:, 4], dependent[4, :] = dependent[:, 1], dependent[1, :]  # rows 1 and 4 identical
     dependent[4, 4] = dependent[1, 1]
     M[2] = dependent
-    with pytest.raises(np.linalg.LinAlgError):  # the singular member does fail the stacked solve
-        np.linalg.solve(np.stack([np.block([[np.zeros((1, 1)), np.ones((1, 6))], [np.ones((6, 1)), m]]) for m in M]), np.eye(7)[0][None, :, None].repeat(6, 0))
-    together = batched.min_norm_simplex_batch(M, tol=1e-12)
+    bordered = np.ones((6, 7, 7))  # Wolfe's first solve, on all rows: [[0, 1'], [1, M]] [-lambda; u] = [1; 0]
+    bordered[:, 0, 0] = 0.0
+    bordered[:, 1:, 1:] = M
+    with pytest.raises(np.linalg.LinAlgError):  # the singular member does fail that stacked solve
+        np.linalg.solve(bordered, np.eye(7)[None, :, :1].repeat(6, 0))
+    together = batched.min_norm_simplex_batch(M, tol=1e-5)
     for s in range(len(M)):
-        alone = batched.min_norm_simplex_batch(M[s: s + 1], tol=1e-12)[0]
+        alone = batched.min_norm_simplex_batch(M[s: s + 1], tol=1e-5)[0]
         assert np.array_equal(alone.weights, together[s].weights) and alone.iterations == together[s].iterations
+        assert alone.stationary == together[s].stationary and alone.gap == together[s].gap
     c = np.ones((6, 6))
     together = batched.positive_fixed_point_batch(M, c, 1.0)
     for s in range(len(M)):
         alone = batched.positive_fixed_point_batch(M[s: s + 1], c[s: s + 1], 1.0)[0]
         assert np.array_equal(alone.alpha, together[s].alpha) and alone.iterations == together[s].iterations
+        assert (alone.ok, alone.stationary, alone.residual) == (together[s].ok, together[s].stationary, together[s].residual)
 
 
 # ---- 3. population_coefficients -----------------------------------------------------------------
