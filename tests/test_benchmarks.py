@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from mtrl.benchmarks import aggregators, collect, jacobian, update
+from mtrl.benchmarks import aggregators, collect, jacobian, population, update
 from mtrl.envs.metaworld import benchmark_task_names
 
 
@@ -20,6 +20,17 @@ def test_aggregator_benchmark_runs_and_writes_ratios(tmp_path):
     assert {"gram", "nashmtl", "cagrad", "ls"} <= set(methods)
     assert all("ratio" in m for m in methods.values())
     assert all("ratio" in t for t in data["sizes"]["3"]["targets"])
+
+
+def test_population_host_benchmark_runs_and_writes_ratios(tmp_path):
+    out = tmp_path / "population.json"
+    args = ["--host-only", "--sizes", "3", "--populations", "1", "2", "--params", "50", "--repeats", "1", "--json", str(out)]
+    assert population.main(args) == 0
+    data = json.loads(out.read_text())
+    host = data["host"]["3"]
+    assert set(host) == {label for label, _, _ in population.METHODS}
+    assert all(m["ratio"] > 0 and set(m["ms"]) == {"1", "2"} for m in host.values())
+    assert all("pass" in host[label] for label in population.TARGETED)
 
 
 def test_aggregator_benchmark_vs_torchjd_writes_ratios_and_agrees_with_it(tmp_path):

@@ -44,5 +44,9 @@ def make(name: str, num_tasks: int, **options: Any) -> Aggregator:
 
 # Importing the method modules fills REGISTRY through @register.
 from mtrl.aggregators import methods as _methods  # noqa: E402,F401
+from mtrl.aggregators.from_gram import PopulationAggregation, population_coefficients  # noqa: E402
 
-__all__ = ["AggContext", "Aggregation", "Aggregator", "REGISTRY", "make", "register", "check_gradient_matrix"]
+__all__ = [
+    "AggContext", "Aggregation", "Aggregator", "REGISTRY", "make", "register", "check_gradient_matrix",
+    "PopulationAggregation", "population_coefficients",
+]

@@ -32,7 +32,10 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_int, check_option, check_positive_or_none, combine, is_int, is_number
+from mtrl.aggregators.base import (
+    AggContext, Aggregation, Aggregator, GramAggregation, check_int, check_option, check_positive_or_none, clip_coefficients, combine,
+    is_int, is_number,
+)
 from mtrl.aggregators.hypergrad import implicit_hypergradient
 
 __all__ = ["AuxiLearn"]
@@ -175,6 +178,11 @@ class AuxiLearn(Aggregator):
         weights = self.weights_without_jacobian(ctx)
         direction, norm, coefficients = combine(G, weights, self.max_norm)
         return Aggregation(direction, weights, {**self.log_info(), "norm": norm}, coefficients)
+
+    def aggregate_gram(self, M, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
+        weights = self.weights_without_jacobian(ctx).numpy()  # the outer step, when due, runs ctx.hyper
+        coefficients, norm = clip_coefficients(weights, self.max_norm, M)
+        return GramAggregation(coefficients, weights, {**self.log_info(), "norm": norm})
 
     def log_info(self) -> dict[str, float]:
         """Floats to log every step: counters and the latest outer step's figures."""

@@ -40,10 +40,10 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, check_bool, check_int, check_option, check_positive_or_none, is_number
+from mtrl.aggregators.base import AggContext, GramAggregation, check_bool, check_int, check_option, check_positive_or_none, is_number
 from mtrl.aggregators.fixed_point import FixedPointWeighting
 from mtrl.aggregators.hypergrad import implicit_hypergradient
-from mtrl.aggregators.solvers import gram, gram_tolerance, weights_derivative
+from mtrl.aggregators.solvers import gram_tolerance, weights_derivative
 
 __all__ = ["AuxiNash"]
 
@@ -52,6 +52,7 @@ __all__ = ["AuxiNash"]
 class AuxiNash(FixedPointWeighting):
     name = "auxinash"
     uses_hyper = True
+    batched_solver = False  # the outer step runs the closures of ctx.hyper: one member at a time
     state_attributes = (
         "alpha", "step", "preference", "momentum", "initialised", "hypersteps", "hyper_skipped", "last_hyper",
         "outer_pending", "outer_alpha", "outer_gram", "outer_task_ids", "outer_after_fallback",
@@ -122,14 +123,13 @@ class AuxiNash(FixedPointWeighting):
         self.preference = p * (self.num_tasks / p.sum())
 
     # ---- one call ------------------------------------------------------------------------------
-    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
         if not self.initialised:
             self._initialise(ctx)
         task_ids = torch.as_tensor(ctx.task_ids).long().cpu()
         outer_info = self.outer_step(ctx) if self.outer_pending else {}
-        M = gram(G)
-        alpha, info = self.solve_and_store(M, ctx, task_ids, gram_tolerance(G.dtype))
-        out = self.finish(G, torch.from_numpy(alpha), info, M)
+        alpha, info = self.solve_and_store(M, ctx, task_ids, gram_tolerance(dtype))
+        out = self.finish_gram(M, alpha, info, ctx, task_ids)
         if self.learn_preferences and len(task_ids) > 1 and self.step % self.hyper_every == 0:
             self.outer_pending = True  # taken at the start of the next call, after the trainer's update
             self.outer_alpha, self.outer_gram = torch.from_numpy(alpha.copy()), torch.from_numpy(M.copy())

@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,10 @@ from torch import Tensor
 
 from mtrl.aggregators.performance import pi_omega
 
-__all__ = ["AggContext", "Aggregation", "Aggregator", "check_gradient_matrix", "combine", "raise_if_non_finite"]
+__all__ = [
+    "AggContext", "Aggregation", "Aggregator", "GramAggregation", "check_gradient_matrix", "check_gram", "clip_coefficients",
+    "combine", "raise_if_non_finite",
+]
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,45 @@ def raise_if_non_finite(G: Tensor) -> None:
         raise ValueError(f"G has non-finite entries (NaN or Inf) in rows {bad}")
 
 
+class GramAggregation(NamedTuple):
+    """Result of one aggregation computed from the Gram matrix alone (``coefficients_from_gram``).
+
+    Attributes:
+        coefficients: [rows] float64 with ``direction = coefficients @ G`` (clipping with
+            ``max_norm`` and any x K included): what ``Aggregation.coefficients`` holds.
+        weights: [rows] float64 as ``Aggregation.weights`` (None where that is None).
+        info: floats for logging, as ``Aggregation.info``.
+    """
+
+    coefficients: np.ndarray
+    weights: np.ndarray | None
+    info: dict[str, float]
+
+
+def check_gram(M: Any, rows: int | None = None) -> np.ndarray:
+    """``M`` as a float64 numpy matrix [K, K] (a CPU tensor or array); ``ValueError`` unless it is
+    square, K >= 1 (and K == ``rows`` when given) and every entry is finite."""
+    M = np.asarray(M.detach().cpu().numpy() if isinstance(M, Tensor) else M, dtype=np.float64)
+    if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] < 1:
+        raise ValueError(f"the Gram matrix must have shape [K, K] with K >= 1, got {tuple(M.shape)}")
+    if rows is not None and M.shape[0] != rows:
+        raise ValueError(f"the Gram matrix has {M.shape[0]} rows but the context describes {rows}")
+    if not np.isfinite(M).all():
+        bad = np.flatnonzero(~np.isfinite(M).all(1)).tolist()
+        raise ValueError(f"the Gram matrix has non-finite entries (NaN or Inf) in rows {bad}")
+    return M
+
+
+def clip_coefficients(coefficients: np.ndarray, max_norm: float | None, M: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(c', norm)``: ``norm = sqrt(c^T M c)`` is the norm of ``c @ G``, and ``c'`` is ``c`` scaled
+    down so that ``c' @ G`` has norm ``max_norm`` (``clip_grad_norm_``'s rule), else ``c``."""
+    c = np.asarray(coefficients, dtype=np.float64)
+    norm = float(np.sqrt(max(float(c @ M @ c), 0.0)))
+    if max_norm is not None and norm > max_norm:
+        c = c * (max_norm / (norm + 1e-12))
+    return c, norm
+
+
 def combine(
     G: Tensor, coefficients: Tensor | np.ndarray, max_norm: float | None, M: np.ndarray | None = None
 ) -> tuple[Tensor, float, Tensor]:
@@ -117,9 +159,7 @@ def combine(
     path, take it)."""
     c = np.asarray(coefficients.numpy() if isinstance(coefficients, Tensor) else coefficients, dtype=np.float64)
     if M is not None:
-        norm = float(np.sqrt(max(float(c @ M @ c), 0.0)))
-        if max_norm is not None and norm > max_norm:
-            c = c * (max_norm / (norm + 1e-12))
+        c, norm = clip_coefficients(c, max_norm, M)
         return torch.from_numpy(c).to(G) @ G, norm, torch.from_numpy(c)
     direction = torch.from_numpy(c).to(G) @ G
     norm = float(torch.linalg.vector_norm(direction))
@@ -165,15 +205,51 @@ class Aggregator:
 
     def __call__(self, G: Tensor, ctx: AggContext) -> Aggregation:
         check_gradient_matrix(G, values=not self.checks_values_in_gram)
+        self.check_context(ctx, G.shape[0], "G")
+        return self.aggregate(G, ctx)
+
+    def check_context(self, ctx: AggContext, rows: int, what: str) -> None:
+        """``ValueError`` unless ``ctx.task_ids`` fits ``rows`` rows of ``what`` and this method's tasks."""
         task_ids = torch.as_tensor(ctx.task_ids).long().cpu().numpy()  # host values: no device read
-        if ctx.row_groups is None and task_ids.size != G.shape[0]:
-            raise ValueError(f"ctx.task_ids has {task_ids.size} entries but G has {G.shape[0]} rows")
+        if ctx.row_groups is None and task_ids.size != rows:
+            raise ValueError(f"ctx.task_ids has {task_ids.size} entries but {what} has {rows} rows")
         if task_ids.size and (task_ids.min() < 0 or task_ids.max() >= self.num_tasks):
             raise ValueError(f"task ids must lie in [0, {self.num_tasks}), got {task_ids.tolist()}")
-        return self.aggregate(G, ctx)
 
     def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ---- the Gram-level entry points (a population's host work) ------------------------------
+    def coefficients_from_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype = torch.float32) -> GramAggregation:
+        """One aggregation from ``M = G G^T`` [K, K] alone: ``(coefficients [K], weights [K] | None,
+        info)`` with ``aggregate(G, ctx).direction == coefficients @ G``, and the same state change
+        as ``aggregate``. ``dtype``: the dtype G and M were computed in (it sets the rounding level
+        below which the solvers treat a quadratic form as 0, ``solvers.gram_tolerance``).
+
+        Raises ``ValueError`` for a non-finite or ill-shaped M or a context that does not fit it."""
+        M = check_gram(M)
+        self.check_context(ctx, M.shape[0], "the Gram matrix")
+        return self.aggregate_gram(M, ctx, dtype)
+
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:  # pragma: no cover
+        """``coefficients_from_gram`` without the checks; every registered method implements it."""
+        raise NotImplementedError(f"{self.name} has no Gram-level path")
+
+    @classmethod
+    def aggregate_population(
+        cls, members: Sequence[Aggregator], M: np.ndarray, contexts: Sequence[AggContext], dtype: torch.dtype
+    ) -> list[GramAggregation | Exception]:
+        """``aggregate_gram`` of each member (instances of ``cls``) on its own ``M[s]`` [S, K, K]
+        (already checked), one result or the exception it raised per member. This default loops;
+        methods whose solver runs on all members at once override it, keeping member ``s``'s result
+        and state independent of the other members."""
+        out: list[GramAggregation | Exception] = []
+        for member, M_s, ctx in zip(members, M, contexts):
+            try:
+                out.append(member.aggregate_gram(M_s, ctx, dtype))
+            except Exception as error:  # noqa: BLE001 - reported for this member only
+                out.append(error)
+        return out
 
     def needs_jacobian(self, step: int) -> bool:
         """Whether the update at ``step`` needs the per-task gradient matrix G."""
@@ -296,6 +372,11 @@ class LossWeighting(Aggregator):
         weights = self._weights(ctx)
         direction, norm, coefficients = combine(G, weights, self.max_norm)
         return Aggregation(direction, weights, {"norm": norm}, coefficients)
+
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
+        weights = self._weights(ctx).numpy()
+        coefficients, norm = clip_coefficients(weights, self.max_norm, M)
+        return GramAggregation(coefficients, weights, {"norm": norm})
 
     @staticmethod
     def require_losses(ctx: AggContext, name: str) -> Tensor:

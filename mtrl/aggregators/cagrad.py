@@ -20,14 +20,16 @@ is Pareto-stationary) the direction is g0. c >= 1 is allowed with a warning (Thm
 from __future__ import annotations
 
 import warnings
+from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, combine, is_number
-from mtrl.aggregators.solvers import cagrad_dual_exact, cagrad_dual_sgd, gram, gram_tolerance
+from mtrl.aggregators.base import AggContext, Aggregator, GramAggregation, check_option, check_positive_or_none, clip_coefficients, is_number
+from mtrl.aggregators.batched import cagrad_dual_sgd_batch
+from mtrl.aggregators.from_gram import GramAggregator, isolate_failures
+from mtrl.aggregators.solvers import cagrad_dual_exact, cagrad_dual_sgd, gram_tolerance
 
 RESCALE = {0: lambda c: 1.0, 1: lambda c: 1.0 + c**2, 2: lambda c: 1.0 + c}
 
@@ -57,9 +59,30 @@ def cagrad_weights(
     return b + lam * w, {"lambda": float(lam), "dual": float(obj)}
 
 
+def cagrad_weights_batch(
+    M: np.ndarray, b: np.ndarray, c: np.ndarray, tol: float, lr: np.ndarray
+) -> list[tuple[np.ndarray, dict[str, float]]]:
+    """``cagrad_weights`` with ``solver="sgd"`` for every member of ``M [S, K, K]``, ``b [S, K]``,
+    ``c [S]``, ``lr [S]``: the 20-step RL solver on all members at once."""
+    S = M.shape[0]
+    diagonal = M.diagonal(axis1=1, axis2=2)
+    scale = tol * np.maximum(diagonal.max(1, initial=0.0), 1e-300)
+    bM = np.matmul(b[:, None, :], M)[:, 0, :]
+    g0_sq = (bM * b).sum(1)
+    plain = (c == 0.0) | (g0_sq <= scale * np.abs(b).sum(1) ** 2)
+    out: list[tuple[np.ndarray, dict[str, float]] | None] = [None] * S
+    for s in np.flatnonzero(plain):
+        out[s] = (b[s].copy(), {"lambda": 0.0})
+    solve = np.flatnonzero(~plain)
+    if solve.size:
+        w, lam, obj = cagrad_dual_sgd_batch(M[solve], b[solve], c[solve], lr[solve])
+        for r, s in enumerate(solve):
+            out[s] = (b[s] + lam[r] * w[r], {"lambda": float(lam[r]), "dual": float(obj[r])})
+    return out  # type: ignore[return-value]
+
+
 @register
-class CAGrad(Aggregator):
-    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
+class CAGrad(GramAggregator):
     name = "cagrad"
 
     def __init__(
@@ -74,10 +97,38 @@ class CAGrad(Aggregator):
             warnings.warn(f"CAGrad with c = {c} >= 1: the convergence guarantee of [CA Thm 3.2] needs c < 1", stacklevel=2)
         self.c, self.solver, self.rescale, self.max_norm = float(c), solver, rescale, max_norm
 
-    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
-        K = G.shape[0]
-        M = gram(G)
-        weights, info = cagrad_weights(M, np.full(K, 1.0 / K), self.c, self.solver, gram_tolerance(G.dtype))
-        weights = torch.from_numpy(weights / RESCALE[self.rescale](self.c))
-        direction, norm, coefficients = combine(G, weights, self.max_norm, M)
-        return Aggregation(direction, weights, {**info, "norm": norm}, coefficients, torch.from_numpy(M))
+    def finish_gram(self, M: np.ndarray, weights: np.ndarray, info: dict[str, float]) -> GramAggregation:
+        weights = weights / RESCALE[self.rescale](self.c)
+        coefficients, info["norm"] = clip_coefficients(weights, self.max_norm, M)
+        return GramAggregation(coefficients, weights, info)
+
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
+        K = M.shape[0]
+        weights, info = cagrad_weights(M, np.full(K, 1.0 / K), self.c, self.solver, gram_tolerance(dtype))
+        return self.finish_gram(M, weights, info)
+
+    @classmethod
+    def aggregate_population(
+        cls, members: Sequence[Aggregator], M: np.ndarray, contexts: Sequence[AggContext], dtype: torch.dtype
+    ) -> list[GramAggregation | Exception]:
+        """Members with ``solver="sgd"`` (the RL solver of the configs) solve in one
+        ``cagrad_weights_batch``; the exact solver (an active-set Newton per member) loops."""
+        S, K = M.shape[0], M.shape[1]
+        sgd = np.array([agg.solver == "sgd" for agg in members], dtype=bool)
+        batch = np.flatnonzero(sgd)
+        b = np.full((S, K), 1.0 / K)
+        c = np.array([agg.c for agg in members])
+        lr = np.full(S, 25.0 if K <= 10 else 50.0)
+        tol = gram_tolerance(dtype)
+        solved = dict(zip(batch.tolist(), isolate_failures(
+            lambda rows: cagrad_weights_batch(M[batch[rows]], b[batch[rows]], c[batch[rows]], tol, lr[batch[rows]]), len(batch))))
+        out: list[GramAggregation | Exception] = []
+        for s, (agg, ctx) in enumerate(zip(members, contexts)):
+            try:
+                if s not in solved:
+                    out.append(agg.aggregate_gram(M[s], ctx, dtype))
+                else:
+                    out.append(solved[s] if isinstance(solved[s], Exception) else agg.finish_gram(M[s], *solved[s]))
+            except Exception as error:  # noqa: BLE001 - reported for this member only
+                out.append(error)
+        return out

@@ -20,14 +20,14 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, combine, is_number
+from mtrl.aggregators.base import AggContext, GramAggregation, check_option, check_positive_or_none, clip_coefficients, is_number
 from mtrl.aggregators.cagrad import RESCALE, cagrad_weights
-from mtrl.aggregators.solvers import gram, gram_tolerance
+from mtrl.aggregators.from_gram import GramAggregator
+from mtrl.aggregators.solvers import gram_tolerance
 
 
 @register
-class CAGradFast(Aggregator):
-    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
+class CAGradFast(GramAggregator):
     name = "cagrad_fast"
 
     def __init__(
@@ -58,8 +58,11 @@ class CAGradFast(Aggregator):
         """Sorted global ids of the sampled tasks, or None (all rows) when |S| >= K."""
         return self._sample(self.num_tasks, generator)
 
-    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
+        """``M`` is the Gram matrix of the rows of G: all K tasks' rows (the tasks are sampled here
+        and the pseudo-rows are ``T @ G``, never formed), or the |S| + 1 rows of ``ctx.row_groups``."""
         K = len(ctx.task_ids) if ctx.row_groups is None else sum(len(g) for g in ctx.row_groups)
+        M_rows = M
         if ctx.row_groups is None:  # a full G: sample here; pseudo-rows are T @ G, never copied
             sampled = self._sample(K, ctx.generator)  # positions of the present rows
             if sampled is None:
@@ -71,18 +74,16 @@ class CAGradFast(Aggregator):
             T = np.zeros((len(groups), K))  # row j averages the rows of group j
             for j, group in enumerate(groups):
                 T[j, group.numpy()] = 1.0 / len(group)
-            M_rows = gram(G)
             M = T @ M_rows @ T.T
         else:
-            groups, M = ctx.row_groups, gram(G)
-            M_rows = M
+            groups = ctx.row_groups
         sizes = np.array([len(g) for g in groups], dtype=np.float64)
         b = sizes / K  # g0 = sum_j (|group_j| / K) row_j: exact mean gradient
-        weights, info = cagrad_weights(M, b, self.c, self.solver, gram_tolerance(G.dtype))
-        weights = torch.from_numpy(weights / RESCALE[self.rescale](self.c))
+        weights, info = cagrad_weights(M, b, self.c, self.solver, gram_tolerance(dtype))
+        weights = weights / RESCALE[self.rescale](self.c)
         if ctx.row_groups is None:
-            weights = torch.from_numpy(weights.numpy() @ T)  # back to weights on the rows of G
-        direction, norm, coefficients = combine(G, weights, self.max_norm, M_rows)
+            weights = weights @ T  # back to weights on the rows of G
+        coefficients, norm = clip_coefficients(weights, self.max_norm, M_rows)
         info.update(norm=norm, num_rows=float(len(groups)))
         # with pseudo-rows in G there is no weighting of per-task rows to report
-        return Aggregation(direction, weights if ctx.row_groups is None else None, info, coefficients, torch.from_numpy(M_rows))
+        return GramAggregation(coefficients, weights if ctx.row_groups is None else None, info)

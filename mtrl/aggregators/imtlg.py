@@ -10,13 +10,16 @@ the shared-parameter gradients (Nash-MTL used feature-level gradients for its IM
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
-from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_positive_or_none, combine
-from mtrl.aggregators.solvers import gram, solve_small
+from mtrl.aggregators.base import AggContext, Aggregator, GramAggregation, check_positive_or_none, clip_coefficients
+from mtrl.aggregators.batched import solve_batch
+from mtrl.aggregators.from_gram import GramAggregator, isolate_failures
+from mtrl.aggregators.solvers import solve_small
 
 
 def imtlg_weights(M: np.ndarray) -> np.ndarray:
@@ -52,9 +55,24 @@ def imtlg_weights(M: np.ndarray) -> np.ndarray:
     return w
 
 
+def imtlg_weights_batch(M: np.ndarray) -> list[np.ndarray]:
+    """``imtlg_weights`` of every member of ``M [S, K, K]`` whose rows are all non-zero (the
+    caller checks): the closed form's (K-1) x (K-1) systems in one stacked solve; a member whose
+    system is exactly singular takes the single-member path (its 1e-8 ridge)."""
+    S, K = M.shape[0], M.shape[1]
+    if K == 1:
+        return [np.ones(1) for _ in range(S)]
+    norms = np.sqrt(np.clip(M.diagonal(axis1=1, axis2=2), 0.0, None))
+    gu = M / norms[:, None, :]  # gu[s, a, b] = g_a . u_b
+    DU = gu[:, 0, 0, None, None] - gu[:, 0, None, 1:] - gu[:, 1:, 0, None] + gu[:, 1:, 1:]
+    rhs = gu[:, 0, 0, None] - gu[:, 0, 1:]
+    tail, ok = solve_batch(np.ascontiguousarray(DU.transpose(0, 2, 1)), np.ascontiguousarray(rhs))
+    w = np.concatenate([1.0 - tail.sum(1, keepdims=True), tail], axis=1)
+    return [w[s] if ok[s] else imtlg_weights(M[s]) for s in range(S)]
+
+
 @register
-class IMTLG(Aggregator):
-    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
+class IMTLG(GramAggregator):
     name = "imtlg"
 
     def __init__(self, num_tasks: int, max_norm: float | None = None) -> None:
@@ -62,11 +80,32 @@ class IMTLG(Aggregator):
         check_positive_or_none("max_norm", max_norm)
         self.max_norm = max_norm
 
-    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
-        M = gram(G)
-        w = imtlg_weights(M)
+    def finish_gram(self, M: np.ndarray, w: np.ndarray) -> GramAggregation:
         if not np.all(np.isfinite(w)):  # singular beyond the ridge: fall back to the mean
-            w = np.full(G.shape[0], 1.0 / G.shape[0])
-        weights = torch.from_numpy(w)
-        direction, norm, coefficients = combine(G, weights, self.max_norm, M)
-        return Aggregation(direction, weights, {"norm": norm}, coefficients, torch.from_numpy(M))
+            w = np.full(M.shape[0], 1.0 / M.shape[0])
+        coefficients, norm = clip_coefficients(w, self.max_norm, M)
+        return GramAggregation(coefficients, w, {"norm": norm})
+
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
+        return self.finish_gram(M, imtlg_weights(M))
+
+    @classmethod
+    def aggregate_population(
+        cls, members: Sequence[Aggregator], M: np.ndarray, contexts: Sequence[AggContext], dtype: torch.dtype
+    ) -> list[GramAggregation | Exception]:
+        """Members whose rows are all non-zero solve in one ``imtlg_weights_batch``; a member with a
+        zero row (a smaller system) takes the single-member path."""
+        norms = np.sqrt(np.clip(M.diagonal(axis1=1, axis2=2), 0.0, None))
+        full = (norms > 1e-12 * np.maximum(norms.max(1, initial=0.0), 1e-300)[:, None]).all(1)
+        batch = np.flatnonzero(full)
+        solved = dict(zip(batch.tolist(), isolate_failures(lambda rows: imtlg_weights_batch(M[batch[rows]]), len(batch))))
+        out: list[GramAggregation | Exception] = []
+        for s, (agg, ctx) in enumerate(zip(members, contexts)):
+            try:
+                if s not in solved:
+                    out.append(agg.aggregate_gram(M[s], ctx, dtype))
+                else:
+                    out.append(solved[s] if isinstance(solved[s], Exception) else agg.finish_gram(M[s], solved[s]))
+            except Exception as error:  # noqa: BLE001 - reported for this member only
+                out.append(error)
+        return out

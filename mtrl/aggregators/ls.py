@@ -8,11 +8,14 @@ weighted loss gives the same direction.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_positive_or_none, combine, pi_scaled
+from mtrl.aggregators.base import (
+    AggContext, Aggregation, Aggregator, GramAggregation, check_bool, check_positive_or_none, clip_coefficients, combine, pi_scaled,
+)
 
 
 @register
@@ -39,6 +42,11 @@ class LinearScalarization(Aggregator):
         w = self._weights(ctx)
         direction, norm, coefficients = combine(G, w, self.max_norm)
         return Aggregation(direction, w, {"norm": norm}, coefficients)
+
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
+        w = self._weights(ctx).numpy()
+        coefficients, norm = clip_coefficients(w, self.max_norm, M)
+        return GramAggregation(coefficients, w, {"norm": norm})
 
     def needs_jacobian(self, step: int) -> bool:
         return False

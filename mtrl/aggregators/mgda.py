@@ -23,19 +23,21 @@ rows scaled by omega, as the loss-weighting methods see ``omega * loss``.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
-from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_bool, check_positive_or_none, combine
+from mtrl.aggregators.base import AggContext, Aggregator, GramAggregation, check_bool, check_positive_or_none, clip_coefficients
+from mtrl.aggregators.batched import min_norm_simplex_batch
+from mtrl.aggregators.from_gram import GramAggregator, isolate_failures
 from mtrl.aggregators.performance import pi_omega
-from mtrl.aggregators.solvers import gram, gram_tolerance, min_norm_simplex
+from mtrl.aggregators.solvers import MinNormResult, gram_tolerance, min_norm_simplex
 
 
 @register
-class MGDA(Aggregator):
-    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
+class MGDA(GramAggregator):
     name = "mgda"
 
     def __init__(self, num_tasks: int, max_norm: float | None = None, pi: bool = False) -> None:
@@ -44,16 +46,46 @@ class MGDA(Aggregator):
         check_bool("pi", pi)
         self.max_norm, self.pi = max_norm, pi
 
-    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
-        M = gram(G)
-        tol = gram_tolerance(G.dtype)
+    def scaled_gram(self, M: np.ndarray, ctx: AggContext) -> tuple[np.ndarray, np.ndarray | None]:
+        """The Gram matrix the min-norm point is taken of, and omega (None without ``pi``)."""
         if not self.pi:
-            result = min_norm_simplex(M, tol=tol)
-            weights = torch.from_numpy(result.weights)
-        else:  # PI-MGDA: the min-norm point of the omega-scaled gradients omega_i g_i
-            omega, _ = pi_omega(ctx.perf, torch.as_tensor(ctx.task_ids).long().cpu())
-            result = min_norm_simplex(M * np.outer(omega.numpy(), omega.numpy()), tol=tol)
-            weights = torch.from_numpy(result.weights) * omega
+            return M, None
+        # PI-MGDA: the min-norm point of the omega-scaled gradients omega_i g_i
+        omega = pi_omega(ctx.perf, torch.as_tensor(ctx.task_ids).long().cpu())[0].numpy()
+        return M * np.outer(omega, omega), omega
+
+    def finish_gram(self, M: np.ndarray, result: MinNormResult, omega: np.ndarray | None) -> GramAggregation:
+        weights = result.weights if omega is None else result.weights * omega
         info = {"iterations": float(result.iterations), "gap": result.gap, "stationary": float(result.stationary)}
-        direction, norm, coefficients = combine(G, weights, self.max_norm, M)
-        return Aggregation(direction, weights, {**info, "norm": norm}, coefficients, torch.from_numpy(M))
+        coefficients, info["norm"] = clip_coefficients(weights, self.max_norm, M)
+        return GramAggregation(coefficients, weights, info)
+
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
+        target, omega = self.scaled_gram(M, ctx)
+        return self.finish_gram(M, min_norm_simplex(target, tol=gram_tolerance(dtype)), omega)
+
+    @classmethod
+    def aggregate_population(
+        cls, members: Sequence[Aggregator], M: np.ndarray, contexts: Sequence[AggContext], dtype: torch.dtype
+    ) -> list[GramAggregation | Exception]:
+        """All members' min-norm points in one ``min_norm_simplex_batch`` (Wolfe's method in lock-step)."""
+        out: list[GramAggregation | Exception | None] = [None] * len(members)
+        targets, omegas, index = [], [], []
+        for s, (agg, ctx) in enumerate(zip(members, contexts)):
+            try:
+                target, omega = agg.scaled_gram(M[s], ctx)
+            except Exception as error:  # noqa: BLE001 - reported for this member only
+                out[s] = error
+                continue
+            targets.append(target)
+            omegas.append(omega)
+            index.append(s)
+        if index:
+            stacked, tol = np.stack(targets), gram_tolerance(dtype)
+            solved = isolate_failures(lambda rows: min_norm_simplex_batch(stacked[rows], tol=tol), len(index))
+            for s, omega, result in zip(index, omegas, solved):
+                try:
+                    out[s] = result if isinstance(result, Exception) else members[s].finish_gram(M[s], result, omega)
+                except Exception as error:  # noqa: BLE001 - reported for this member only
+                    out[s] = error
+        return out  # type: ignore[return-value]

@@ -63,6 +63,9 @@ class NashMTL(FixedPointWeighting):
             return pi_omega(ctx.perf, task_ids)[0].numpy(), 1.0
         return np.ones(len(task_ids)), 1.0
 
+    def uses_batched_solver(self) -> bool:
+        return self.solver == "exact"  # cvxpy's CCP solves one member at a time
+
     def solve(
         self, M: np.ndarray, ctx: AggContext, task_ids: Tensor, stationary_tol: float = STATIONARY_TOL
     ) -> tuple[np.ndarray, dict[str, float]]:

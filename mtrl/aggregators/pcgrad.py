@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from mtrl.aggregators import register
-from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, check_option, check_positive_or_none, combine
-from mtrl.aggregators.solvers import gram
+from mtrl.aggregators.base import AggContext, GramAggregation, check_option, check_positive_or_none, clip_coefficients
+from mtrl.aggregators.from_gram import GramAggregator
 
 
 def pcgrad_coefficients(M: np.ndarray, orders: list[list[int]]) -> np.ndarray:
@@ -37,8 +36,7 @@ def pcgrad_coefficients(M: np.ndarray, orders: list[list[int]]) -> np.ndarray:
 
 
 @register
-class PCGrad(Aggregator):
-    checks_values_in_gram = True  # aggregate() starts with solvers.gram(G)
+class PCGrad(GramAggregator):
     name = "pcgrad"
 
     def __init__(self, num_tasks: int, reduction: str = "mean", max_norm: float | None = None) -> None:
@@ -47,16 +45,14 @@ class PCGrad(Aggregator):
         check_positive_or_none("max_norm", max_norm)
         self.reduction, self.max_norm = reduction, max_norm
 
-    def aggregate(self, G: Tensor, ctx: AggContext) -> Aggregation:
-        K = G.shape[0]
+    def aggregate_gram(self, M: np.ndarray, ctx: AggContext, dtype: torch.dtype) -> GramAggregation:
+        K = M.shape[0]
         generator = ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(ctx.step)
         orders = []
         for i in range(K):
             others = [j for j in range(K) if j != i]
             orders.append([others[k] for k in torch.randperm(K - 1, generator=generator).tolist()])
-        M = gram(G)
         C = pcgrad_coefficients(M, orders)
         w = C.sum(0) / (K if self.reduction == "mean" else 1)
-        weights = torch.from_numpy(w)
-        direction, norm, coefficients = combine(G, weights, self.max_norm, M)
-        return Aggregation(direction, weights, {"norm": norm}, coefficients, torch.from_numpy(M))
+        coefficients, norm = clip_coefficients(w, self.max_norm, M)
+        return GramAggregation(coefficients, w, {"norm": norm})

@@ -58,8 +58,6 @@ class PIVRG(FixedPointWeighting):
         self._last_tau = tau
         return np.sqrt(omega.numpy()), 0.5
 
-    def aggregate(self, G, ctx):
-        out = super().aggregate(G, ctx)
-        present = self.last_omega[torch.as_tensor(ctx.task_ids).long().cpu()]
-        out.info.update(omega_min=float(present.min()), omega_max=float(present.max()), tau=float(self._last_tau))
-        return out
+    def extra_info(self, ctx: AggContext, task_ids: Tensor) -> dict[str, float]:
+        present = self.last_omega[task_ids]
+        return {"omega_min": float(present.min()), "omega_max": float(present.max()), "tau": float(self._last_tau)}
