@@ -75,7 +75,7 @@ class FixedPointWeighting(GramAggregator):
         return c, q, previous, warm
 
     def accept(self, result: FixedPointResult, previous: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """The weights of a solve, or its fallback when it found none (spec §2.1.7), and its info."""
+        """The weights of a solve, or its fallback when it found none (docs/aggregators.md, "Solvers"), and its info."""
         info = {"iterations": float(result.iterations), "residual": result.residual, "fallback_used": 0.0,
                 "stationary": float(result.stationary)}
         alpha = result.alpha
