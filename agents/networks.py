@@ -65,13 +65,41 @@ class MemberLinear(nn.Module):
         S = x.shape[0]
         rows = x.reshape(S, -1, self.in_features)
         if self.out_features == 1:
-            y = torch.bmm(self.weight, rows.mT).mT + self.bias[:, None, :]
+            y = _OneOutput.apply(rows, self.weight, self.bias)
         else:
             y = torch.baddbmm(self.bias[:, None, :], rows, self.weight.mT)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"members={self.members}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class _OneOutput(torch.autograd.Function):
+    """``rows [S, N, in] @ weight[s]^T + bias`` for one output feature, as ``w @ rows^T`` (the
+    product ``nn.Linear`` computes then). Its own backward gives the input gradient in the input's
+    layout: autograd's, through the transposes, came back transposed, and the elementwise
+    backward ops that follow ran about 4x slower on it."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(rows: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return torch.bmm(weight, rows.mT).mT + bias[:, None, :]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        rows, weight, _ = inputs
+        ctx.save_for_backward(rows, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rows, weight = ctx.saved_tensors
+        need_rows, need_weight, need_bias = ctx.needs_input_grad
+        return (
+            torch.bmm(grad, weight) if need_rows else None,  # [S, N, in], one product per entry
+            torch.bmm(grad.mT, rows) if need_weight else None,
+            grad.sum(1) if need_bias else None,
+        )
 
 
 def _mlp(in_dim: int, hidden_dim: int, num_layers: int, members: int | None = None) -> nn.Sequential:
