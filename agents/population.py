@@ -213,9 +213,8 @@ class MemberAdam:
         if self.fused:
             saved = self.buffer.clone()
             self._adam(grads, None)
-            flag = skip.to(self.buffer.device)
-            torch.where(flag[:, None, None] > 0, saved, self.buffer, out=self.buffer)
-            self.steps.sub_(flag[:, None])
+            torch.where(skip[:, None, None] > 0, saved, self.buffer, out=self.buffer)
+            self.steps.sub_(skip[:, None])
         else:
             active = [s for s, f in enumerate(skip.cpu().tolist()) if f == 0]  # one host read, as MTSAC's foreach path
             if active:
@@ -523,8 +522,9 @@ class PopulationSAC(nn.Module):
                             torch.where(mask.view(S, *[1] * (value.dim() - 1)), value, target, out=target)
 
         with torch.no_grad():
-            bad = ~torch.isfinite(losses).all(dim=-1)  # [S]
-            skip = torch.maximum(bad.to(torch.float32), torch.from_numpy(host_skip).to(device=bad.device, dtype=torch.float32))
+            skip = (~torch.isfinite(losses).all(dim=-1)).to(torch.float32)  # [S], 1.0 = skip
+            if host_skip.any():  # members whose G was not finite (seen on the host, in M)
+                skip = torch.maximum(skip, torch.from_numpy(host_skip).to(device=skip.device, dtype=torch.float32))
         adam.step(adam.gradients(needs), skip)
         metrics[f"skipped_{name}"] = skip
         metrics[f"{name}/loss"] = losses.mean(-1)
