@@ -361,3 +361,18 @@ def test_unsupported_options_raise_with_their_name():
     population.jacobian_method = "vmap"
     with pytest.raises(ValueError, match="vmap"):
         population.update(b, 0, [r.critic for r in runs], [r.actor for r in runs], gens, **kwargs)
+
+
+def test_the_population_benchmark_runs_and_writes_its_comparisons(tmp_path):
+    from mtrl.benchmarks import population_update
+
+    out = tmp_path / "population.json"
+    argv = ["--sizes", "quick", "--members", "1", "2", "--methods", "ls", "--drift", "--drift-methods", "ls", "--updates", "2",
+            "--profile", "--json", str(out)]
+    assert population_update.main(argv) == 0
+    import json
+
+    data = json.loads(out.read_text())
+    assert data["comparisons"]["ops_s2_vs_s1_ls_quick"]["ratio"] > 0
+    assert data["syncs"]["ls_quick"] == {"1": 0.0, "2": 0.0}
+    assert data["drift"]["quick"]["ls"] == {"1": 0.0, "2": 0.0}  # LS: bit for bit
