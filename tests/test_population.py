@@ -170,11 +170,12 @@ def test_members_on_different_paths_in_one_step_stay_independent():
     [
         ("ls", {}, "mt"), ("ls", {"max_norm": 0.05}, "mt"), ("nashmtl", {}, "mt"), ("nashmtl", {"update_every": 2}, "mt"),
         ("cagrad", {}, "mt"), ("mgda", {}, "mt"), ("famo", {}, "mt"), ("nashmtl", {}, "te"), ("ls", {}, "mh"),
-        ("nashmtl", {}, "mh"),
+        ("nashmtl", {}, "mh"), ("nashmtl", {}, "mt/foreach"),
     ],
 )
 def test_a_member_update_is_the_single_agent_update_bit_for_bit(method, options, variant):
-    cfg = config(variant=variant)
+    variant, _, adam = variant.partition("/")
+    cfg = config(variant=variant, adam=adam or "fused")
     seeds = [0, 1]
     runs, own = [Run(s, method, **options) for s in seeds], [Run(s, method, **options) for s in seeds]
     population = population_of(runs, cfg)
@@ -250,9 +251,12 @@ def test_host_coefficients_from_the_gram_matrices_are_the_aggregators_own():
 
 
 # ---- skips ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("adam", ["fused", "foreach"])
 @pytest.mark.parametrize("method", ["ls", "nashmtl"])
-def test_a_member_with_a_non_finite_loss_skips_alone(method):
-    cfg = config()
+def test_a_member_with_a_non_finite_loss_skips_alone(method, adam):
+    """Fused: every member steps and the skipped one is restored on the device; foreach: the
+    flags are read on the host and only the others step (as the single agent's two paths)."""
+    cfg = config(adam=adam)
     seeds = [0, 1, 2]
     runs = [Run(s, method) for s in seeds]
     alone = [Run(s, method) for s in (0, 2)]
@@ -293,7 +297,11 @@ def test_member_state_is_a_single_run_checkpoint_both_ways():
         population_update(population, runs, step)
     # population -> single run: a member resumes alone and continues as it would have in the population
     agent = single(9, cfg)
-    agent.load_training_state(population.member_state(1))
+    state = population.member_state(1)
+    for name in ("actor_optimizer", "critic_optimizer", "alpha_optimizer"):  # each entry is its parameter's
+        params = getattr(agent, name).param_groups[0]["params"]
+        assert [state[name]["state"][i]["exp_avg"].shape for i in range(len(params))] == [p.shape for p in params], name
+    agent.load_training_state(state)
     assert_states_equal(agent.training_state(), population.member_state(1))
     own = Run(1, "nashmtl")
     own.critic.load_state_dict(runs[1].critic.state_dict())
