@@ -36,10 +36,14 @@ member's values in the format of ``MTSAC.update``'s.
 
 Exactness (CPU, one thread; tests/test_population.py): a member of a population {i, j, k} equals
 the same member of the population {i} bit for bit, and a member's update equals ``MTSAC.update``
-from the same state bit for bit for the paths that build the same rows (LS, Nash-MTL, CAGrad,
-MGDA, FAMO); CAGrad-Fast builds the full G and groups its rows on the host (``T M T^T``, the
-aggregator's own full-G path) where MTSAC builds the grouped rows on the device: the same method,
-equal up to rounding.
+from the same state bit for bit for every registry method but CAGrad-Fast (fused and foreach
+Adam). CAGrad-Fast builds the full G and groups its rows on the host (``T M T^T``, the
+aggregator's own full-G path) where MTSAC builds the grouped rows on the device: the same method
+and the same sampled tasks, equal up to rounding. What this rests on, measured with MKL: each
+member's matmuls are the single agent's products (``MemberLinear``), each member's outputs start
+at the single agent's 16-byte alignment (``mtrl.jacobian.GEMM_ALIGN``: it holds when K x B and
+K x P are multiples of 4, as in MT10/MT50 with even batch sizes; the test shapes are chosen so),
+and every per-member product has at least 400 multiply-adds (ATen's ``bmm`` loops below that).
 
 Not supported for a population (a clear error, never a silent difference): ``agent.compile``, the
 "vmap" and "loop" Jacobian engines, the bilevel methods' outer steps (AuxiNash, AuxiLearn),
