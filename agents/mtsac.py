@@ -220,9 +220,11 @@ class MTSAC(nn.Module):
             return target(batch.next_obs, batch.reward, batch.done, self.codes[rows], self.log_alpha[rows].detach(), noise)
 
     def _soft_target(self, next_obs: Tensor, reward: Tensor, done: Tensor, codes: Tensor, log_alpha: Tensor, noise: Tensor) -> Tensor:
-        next_action, next_log_prob = self.actor(next_obs, codes[:, None], noise)
-        tq1, tq2 = self.critic_target(next_obs, next_action, codes[:, None])
-        soft_value = torch.min(tq1, tq2) - log_alpha.exp()[:, None] * next_log_prob
+        """Batch-polymorphic like the losses: next_obs [K, B, obs_dim], log_alpha [K] (codes [K, T]),
+        or a population's [S, K, B, obs_dim] and [S, K] (``agents/population.py``)."""
+        next_action, next_log_prob = self.actor(next_obs, codes, noise)
+        tq1, tq2 = self.critic_target(next_obs, next_action, codes)
+        soft_value = torch.min(tq1, tq2) - log_alpha.exp()[..., None] * next_log_prob
         return reward + self.cfg.discount * (1.0 - done) * soft_value
 
     # ---- agent.compile: torch.compile'd pieces of the update --------------------------------------
@@ -447,8 +449,7 @@ class MTSAC(nn.Module):
         """Per-task temperature loss -alpha_k (log pi + target entropy); plain sum unless ``agg``.
         Skipped with the actor's step (its log-probabilities come from that step)."""
         K = log_prob_mean.shape[0]
-        alpha = self.log_alpha[:K].exp()
-        losses = -(alpha * (log_prob_mean + self.target_entropy).detach())  # [K]
+        losses = self._temperature_loss(self.log_alpha[:K], log_prob_mean)  # [K]
         self.alpha_optimizer.zero_grad(set_to_none=True)
         if agg is None:
             losses.sum().backward()
@@ -465,6 +466,11 @@ class MTSAC(nn.Module):
             self.log_alpha.grad = out.direction.clone()
         self._gated_step(self.alpha_optimizer, losses, torch.as_tensor(actor_skipped, device=losses.device))
         metrics["temperature/loss"] = losses.detach().mean()
+
+    def _temperature_loss(self, log_alpha: Tensor, log_prob_mean: Tensor) -> Tensor:
+        """Per-task temperature losses ``-alpha_k (log pi_k + target entropy)``: [K], or [S, K] for a
+        population's log_alpha [S, K] and log-probabilities [S, K]."""
+        return -(log_alpha.exp() * (log_prob_mean + self.target_entropy).detach())
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:

@@ -46,9 +46,15 @@ NON_COMPUTE = frozenset({
 })
 
 
-def count_step(step: Callable[[int], object], first: int, updates: int) -> dict[str, object]:
+def count_step(
+    step: Callable[[int], object], first: int, updates: int, host_labels: tuple[str, ...] = ()
+) -> dict[str, object]:
     """Run ``step(i)`` for ``i`` in ``first .. first + updates - 1`` under the profiler; return the
-    per-update means of syncs (and their two kinds) and compute-like ops, and the op histogram."""
+    per-update means of syncs (and their two kinds) and compute-like ops, and the op histogram.
+
+    ``host_labels``: ``record_function`` labels of host-side work (an aggregator's solver on the K x K
+    numbers); the ops inside them are counted apart, as ``host_ops_per_update`` (on a CPU the
+    profiler cannot tell a host tensor's op from the device's; on a GPU these launch no kernel)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(first, first + updates):
             step(i)
@@ -57,12 +63,16 @@ def count_step(step: Callable[[int], object], first: int, updates: int) -> dict[
     scalar_reads = sum(1 for e in reads if not _inside(e, _FUSED))
     transfers = sum(1 for e in events if e.name == HOST_TRANSFER)
     raw = [e.name for e in events if e.name.startswith("aten::") and not e.cpu_children and e.name not in NON_COMPUTE]
-    ops = collections.Counter(
-        e.name for e in events
+    compute = [
+        e for e in events
         if e.name.startswith("aten::") and e.name not in NON_COMPUTE and not _inside(e, _MULTI_TENSOR)
         and (e.name.startswith(_MULTI_TENSOR) or not e.cpu_children)
-    )
+    ]
+    host = [e for e in compute if host_labels and _inside(e, host_labels, exact=True)]
+    ops = collections.Counter(e.name for e in compute)
+    extra = {"host_ops_per_update": len(host) / updates} if host_labels else {}
     return {
+        **extra,
         "syncs_per_update": (scalar_reads + transfers) / updates,
         "scalar_reads_per_update": scalar_reads / updates,
         "host_transfers_per_update": transfers / updates,
@@ -77,10 +87,10 @@ _FUSED = ("aten::_fused_",)
 _MULTI_TENSOR = ("aten::_foreach_", "aten::_fused_")
 
 
-def _inside(event, prefixes: tuple[str, ...]) -> bool:
+def _inside(event, prefixes: tuple[str, ...], exact: bool = False) -> bool:
     parent = event.cpu_parent
     while parent is not None:
-        if parent.name.startswith(prefixes):
+        if parent.name in prefixes if exact else parent.name.startswith(prefixes):
             return True
         parent = parent.cpu_parent
     return False

@@ -18,6 +18,12 @@
 
 Rows can also be grouped (CAGrad-Fast): ``groups`` is a list of LongTensors of task positions,
 and row j is the gradient of the MEAN loss over ``groups[j]``.
+
+Populations (S members trained as one computation, ``agents/population.py``): ``member_gradients``
+is the "linear" engine for member-aware Linear layers (``MemberLinear``: weight [S, out, in]) and a
+loss returning [S, K]: one backward pass for all members, then G [S, K, P] from one batched matmul
+per layer over the S * K (member, task) rows, or, with per-member loss weights, each member's
+weighted-sum gradient [S, P] (the one-backward path of steps that need no G).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from torch.func import grad, grad_and_value, vmap
 
 __all__ = [
     "METHODS", "JacobianResult", "configure_allocator", "flatten", "group_rows", "grouped_jacobian", "linear_layers",
-    "per_task_jacobian", "resolve_method", "unflatten",
+    "GEMM_ALIGN", "member_gradients", "per_task_jacobian", "resolve_method", "unflatten",
 ]
 
 METHODS = ("auto", "linear", "vmap", "loop")
@@ -95,15 +101,18 @@ def _split(grads: dict[str, Tensor], wrt: Sequence[str], leading: int) -> tuple[
     return G, other
 
 
-def linear_layers(module: nn.Module, wrt: Sequence[str]) -> dict[str, tuple[nn.Linear, str | None, str | None]] | None:
+def linear_layers(
+    module: nn.Module, wrt: Sequence[str], members: bool = False
+) -> dict[str, tuple[nn.Linear, str | None, str | None]] | None:
     """``{layer name: (layer, weight name, bias name)}`` for the ``nn.Linear`` layers of ``module``
     that hold the ``wrt`` parameters (a name is None when that parameter is not in ``wrt``), or
     None when some ``wrt`` parameter is not a Linear weight or bias (the "linear" engine cannot
-    serve that group)."""
+    serve that group). ``members=True``: the member-aware Linear layers of a population instead
+    (modules whose class sets ``member_linear = True``, weight [S, out, in], bias [S, out])."""
     wanted = set(wrt)
     layers: dict[str, tuple[nn.Linear, str | None, str | None]] = {}
     for name, layer in module.named_modules():
-        if not isinstance(layer, nn.Linear):
+        if not (getattr(type(layer), "member_linear", False) if members else isinstance(layer, nn.Linear)):
             continue
         prefix = f"{name}." if name else ""
         weight = prefix + "weight" if prefix + "weight" in wanted else None
@@ -178,19 +187,8 @@ def _linear_engine(
     K = inputs[0].shape[0]
     blocks = _blocks([1] * K if groups is None else [g.numel() for g in groups])
     leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-    taps: list[tuple[str, Tensor, Tensor]] = []  # (layer, input, output) for every call of a layer
-    handles = [
-        layer.register_forward_hook(lambda _m, args, out, name=name: taps.append((name, args[0], out)))
-        for name, (layer, _, _) in layers.items()
-    ]
-    try:
-        with torch.enable_grad():
-            out = loss_fn(leaves, *inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    out, taps = _tapped_call(loss_fn, leaves, inputs, layers)
     losses, aux = out if has_aux else (out, None)
-    taps = [tap for tap in taps if tap[2].requires_grad]  # calls under no_grad carry no gradient
     if losses.shape != (K,):
         raise ValueError(
             f"the 'linear' Jacobian engine needs loss_fn to return the loss vector [{K}] when called with "
@@ -254,6 +252,148 @@ def _linear_engine(
         if aux is not None:  # back to task order
             aux = torch.empty_like(aux).index_copy_(0, order, aux)
     return JacobianResult(G, losses, aux, other)
+
+
+def _tapped_call(
+    loss_fn: LossFn, leaves: dict[str, Tensor], inputs: tuple[Tensor, ...], layers: dict[str, tuple[nn.Module, Any, Any]]
+) -> tuple[Any, list[tuple[str, Tensor, Tensor]]]:
+    """``loss_fn(leaves, *inputs)`` with the (layer name, input, output) of every call of a layer of
+    ``layers`` that carries a gradient (calls under no_grad, e.g. a target, are left out)."""
+    taps: list[tuple[str, Tensor, Tensor]] = []
+    handles = [
+        layer.register_forward_hook(lambda _m, args, out, name=name: taps.append((name, args[0], out)))
+        for name, (layer, _, _) in layers.items()
+    ]
+    try:
+        with torch.enable_grad():
+            out = loss_fn(leaves, *inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, [tap for tap in taps if tap[2].requires_grad]
+
+
+#: GEMM outputs of a population are placed so that each member's output starts at the same
+#: 16-byte alignment as the single agent's: MKL's sgemm results (plain and batched) depend on the
+#: alignment of the output matrix at that granularity (measured: a [10, 15362] x [15362, 10] Gram
+#: product differed in the last bit at offsets that are not multiples of 4 floats; the operands'
+#: alignment did not matter)
+GEMM_ALIGN = 4
+
+
+def member_gradients(
+    loss_fn: LossFn,
+    params: dict[str, Tensor],
+    inputs: tuple[Tensor, ...],
+    wrt: Sequence[str],
+    *,
+    module: nn.Module,
+    has_aux: bool = False,
+    weights: Tensor | Callable[[Tensor], Tensor] | None = None,
+    out: dict[str, Tensor] | None = None,
+) -> JacobianResult:
+    """The "linear" engine for a population of S members (see the module doc).
+
+    ``params`` hold S members' parameters stacked ([S, ...]; the ``wrt`` ones are weights and biases
+    of member-aware Linear layers of ``module``) and ``loss_fn(params, *inputs)`` returns the losses
+    [S, K] (and, with ``has_aux``, an auxiliary output [S, K]); member s's losses must depend on
+    member s's parameters and inputs only. The columns of G are ONE member's ``wrt`` parameters in
+    ``wrt`` order (P = their numel / S).
+
+    Without ``weights``: G [S, K, P], row (s, k) the gradient of member s's task-k loss; per layer
+    ``dW_{s,k} = dZ_{s,k}^T A_{s,k}`` is one ``bmm`` over the S * K rows, as the single-agent
+    engine's is over K. Member s's block ``G[s]`` has the single-agent G's layout ([K, P], row
+    stride P) and starts at the same ``GEMM_ALIGN`` alignment whenever K * P is a multiple of it
+    (else the row stride is padded: members stay independent of each other, but a member's G may
+    then differ from the single agent's in the last bits).
+
+    With ``weights`` [S, K]: no G; the gradient of ``sum_k w_{s,k} loss_{s,k}`` of each member,
+    ``dW_s = dZ_s^T A_s`` over all of member s's rows, the products autograd's ``nn.Linear``
+    backward computes for the single agent's one-backward path. They are returned in
+    ``other_grads`` with the other parameters' ([S, ...] each), written into ``out[name]`` where
+    given (e.g. views of an optimizer's gradient buffer). ``weights`` may be a function of the
+    (detached) losses [S, K], called between the forward and the backward pass (loss weightings
+    that read this step's losses).
+
+    ``other_grads`` also holds the plain per-member sums ([S, ...]) of the gradients of the
+    parameters not in ``wrt`` (task-specific ones), from a backward of ``losses.sum()``, as in the
+    single-agent paths."""
+    wrt = list(wrt)
+    layers = linear_layers(module, wrt, members=True)
+    if layers is None:
+        raise ValueError("member_gradients needs every wrt parameter to be a weight or bias of a member-aware Linear layer")
+    leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+    result, taps = _tapped_call(loss_fn, leaves, inputs, layers)
+    losses, aux = result if has_aux else (result, None)
+    if losses.dim() != 2:
+        raise ValueError(f"member_gradients needs loss_fn to return the losses [S, K]; got shape {tuple(losses.shape)}")
+    S, K = losses.shape
+    for name, a, _ in taps:
+        if tuple(a.shape[:2]) != (S, K):
+            raise ValueError(f"layer {name!r} saw an input of shape {tuple(a.shape)}: its leading dimensions must be [S, K] = [{S}, {K}]")
+    columns = set(wrt)
+    others = [name for name in params if name not in columns]
+    outputs = [z for _, _, z in taps]
+    other_leaves = [leaves[n] for n in others]
+    if weights is None:
+        grads = torch.autograd.grad(losses.sum(), outputs + other_leaves, allow_unused=True)
+        output_grads, other_grads = grads[: len(taps)], grads[len(taps) :]
+    else:
+        if callable(weights):
+            weights = weights(losses.detach())
+        output_grads = torch.autograd.grad(
+            (weights.to(losses) * losses).sum(), outputs, allow_unused=True, retain_graph=bool(others)
+        )
+        other_grads = torch.autograd.grad(losses.sum(), other_leaves, allow_unused=True) if others else ()
+    other = {name: torch.zeros_like(params[name]) if g is None else g for name, g in zip(others, other_grads)}
+    first = params[wrt[0]]
+
+    if weights is None:  # G [S, K, P] in rows of stride Q
+        sizes = {name: params[name][0].numel() for name in wrt}
+        P = sum(sizes.values())
+        Q = P if (K * P) % GEMM_ALIGN == 0 else -(-P // GEMM_ALIGN) * GEMM_ALIGN
+        storage = torch.empty(S * K, Q, dtype=first.dtype, device=first.device)
+        blocks, offset = {}, 0
+        for name in wrt:
+            blocks[name] = storage[:, offset : offset + sizes[name]]
+            offset += sizes[name]
+        rows = S * K
+    else:  # one gradient per member and parameter
+        blocks = {}
+        for name in wrt:
+            target = None if out is None else out.get(name)
+            if target is None:
+                target = torch.empty_like(params[name], memory_format=torch.contiguous_format)
+            blocks[name] = target.view(S, -1)
+        rows = S
+    written: set[str] = set()
+    with torch.no_grad():
+        for (name, a, _), dz in zip(taps, output_grads):
+            if dz is None:
+                continue
+            layer, weight, bias = layers[name]
+            a = a.reshape(rows, -1, a.shape[-1]).to(first.dtype)
+            dz = dz.reshape(rows, -1, dz.shape[-1]).to(first.dtype)
+            for pname, is_weight in ((weight, True), (bias, False)):
+                if pname is None:
+                    continue
+                fresh = pname not in written
+                written.add(pname)
+                view = blocks[pname]
+                if is_weight:
+                    view = view.view(rows, layer.out_features, layer.in_features)
+                    torch.bmm(dz.mT, a, out=view) if fresh else view.baddbmm_(dz.mT, a)
+                else:
+                    torch.sum(dz, 1, out=view) if fresh else view.add_(dz.sum(1))
+        for name in wrt:  # a layer never called: its gradient is zero
+            if name not in written:
+                blocks[name].zero_()
+    losses = losses.detach()
+    aux = None if aux is None else aux.detach()
+    if weights is None:
+        return JacobianResult(storage.view(S, K, Q)[:, :, :P], losses, aux, other)
+    other.update({name: blocks[name].view(params[name].shape) for name in wrt})
+    return JacobianResult(None, losses, aux, other)
 
 
 def per_task_jacobian(

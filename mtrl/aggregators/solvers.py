@@ -52,7 +52,16 @@ HOST_TRANSFER = "mtrl::to_host"
 def gram(G: Tensor) -> np.ndarray:
     """``M = G G^T`` [K, K]: one matmul in G's dtype on its device, returned float64 numpy (CPU).
 
-    Raises ``ValueError`` if G holds NaN or Inf (seen on the diagonal, the squared row norms)."""
+    Raises ``ValueError`` if G holds NaN or Inf (seen on the diagonal, the squared row norms).
+
+    A G that carries its Gram matrix as ``G.known_gram`` (float64 numpy [K, K]) returns it instead:
+    a population computes all members' Gram matrices in one matmul and one transfer and hands each
+    member's aggregator a zero-column G of the same dtype (``agents/population.py``)."""
+    known = getattr(G, "known_gram", None)
+    if known is not None:
+        if not np.isfinite(known.diagonal()).all():
+            raise ValueError("G has non-finite entries (NaN or Inf): its Gram matrix has a non-finite diagonal")
+        return known
     M = G @ G.T
     with torch.profiler.record_function(HOST_TRANSFER):  # the one sync of a G-based step (docs/design.md §8)
         M = M.to(device="cpu", dtype=torch.float64).numpy()
