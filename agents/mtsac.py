@@ -209,6 +209,7 @@ class MTSAC(nn.Module):
                 target = list(self._layout(self.critic_target).named.values())
                 torch._foreach_lerp_(target, list(self._layout(self.critic).named.values()), self.cfg.tau)
         metrics["alpha"] = alpha.mean()
+        metrics["temperature/alpha"] = alpha  # [K]: every task's temperature, as this update used it
         return metrics
 
     def _critic_target(self, batch: Batch, rows: Tensor, generator: torch.Generator | None) -> Tensor:

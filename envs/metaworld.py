@@ -21,6 +21,12 @@ controls three things the vector API hides (docs/design.md §2, "MetaWorld v3 fa
   tests step a twin of every MT10 task and a sample of MT50 tasks through the rest of an episode
   and compare the env objects field by field.
 
+Unstable simulation: MetaWorld 3.1.1 never sets its own instability flag, but MuJoCo counts a
+NaN, Inf or huge value in qpos, qvel, qacc or ctrl in ``data.warning`` (for the first three it
+also resets the simulator to the model's initial state). ``StepResult.unstable`` flags the tasks
+whose step raised any of them; those counters are zeroed after each step, so a flag belongs to
+its own step (the trainer logs the per-task totals).
+
 Goals: every reset draws one of the task's 50 goal variations (MetaWorld v3's
 ``RandomTaskSelectWrapper`` behaviour) with this wrapper's own seeded generator. The 50
 variations themselves come from ``metaworld.MT10(goal_seed)`` (``MT50``, ``MT1``); like
@@ -52,6 +58,12 @@ __all__ = [
 
 MAX_PATH_LENGTH = 500  # MetaWorld v3 refuses to step past this
 _SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # everything mj_step reads: time, qpos, qvel, act, warm start, mocap, ctrl, applied forces, eq_active
+#: MuJoCo's warnings whose message reads "Nan, Inf or huge value in ... The simulation is unstable"
+_BADQPOS, _BADQVEL, _BADQACC, _BADCTRL = (int(w) for w in (
+    mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC,
+    mujoco.mjtWarning.mjWARN_BADCTRL,
+))
+_UNSTABLE_WARNINGS = np.array([_BADQPOS, _BADQVEL, _BADQACC, _BADCTRL])
 _ARRAY_DTYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.float32, np.float64)  # what torch stores
 
 
@@ -69,6 +81,8 @@ class StepResult:
         episode_done: [K] bool, an episode ended at this step.
         episode_success: [K] bool, any step of the ended episode succeeded (valid where done).
         episode_return: [K] float, undiscounted return of the ended episode (valid where done).
+        unstable: [K] bool, MuJoCo reported an unstable simulation during this step (module
+            docstring); always False for the synthetic env.
     """
 
     obs: np.ndarray
@@ -80,6 +94,7 @@ class StepResult:
     episode_done: np.ndarray
     episode_success: np.ndarray
     episode_return: np.ndarray
+    unstable: np.ndarray
 
 
 def end_of_step(
@@ -427,6 +442,7 @@ class MultiTaskEnv:
         next_obs = np.empty((K, self.obs_dim), dtype=np.float32)
         reward = np.empty(K, dtype=np.float32)
         success = np.empty(K, dtype=bool)
+        unstable = np.zeros(K, dtype=bool)
         for k, env in enumerate(self._envs):
             try:
                 obs, r, _, _, info = env.step(actions[k])
@@ -437,11 +453,16 @@ class MultiTaskEnv:
             next_obs[k] = obs
             reward[k] = r
             success[k] = bool(info["success"])
+            counts = env.data.warning.number  # a view of MuJoCo's warning counters
+            # four scalar reads, with the view: about 2 us per task, half of numpy's any() on the four
+            if counts[_BADQPOS] or counts[_BADQVEL] or counts[_BADQACC] or counts[_BADCTRL]:
+                unstable[k] = True
+                counts[_UNSTABLE_WARNINGS] = 0
         ends = end_of_step(self._t, self._succeeded, self._return, reward, success, self.max_episode_steps, self.terminate_on_success)
         self._obs[:] = next_obs
         for k in np.flatnonzero(ends["episode_done"]):
             self._reset_task(int(k))
-        return StepResult(obs=self._obs.copy(), next_obs=next_obs, reward=reward, success=success, **ends)
+        return StepResult(obs=self._obs.copy(), next_obs=next_obs, reward=reward, success=success, unstable=unstable, **ends)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def numpy_state(self) -> dict:

@@ -88,7 +88,8 @@ class PointMassEnv:
         ends = end_of_step(self._t, self._succeeded, self._return, reward, success, self.max_episode_steps, self.terminate_on_success)
         if ends["episode_done"].any():
             self._reset_tasks(ends["episode_done"])
-        return StepResult(obs=self._state.copy(), next_obs=next_obs, reward=reward, success=success, **ends)
+        unstable = np.zeros(self.num_tasks, dtype=bool)  # no simulator that could blow up
+        return StepResult(obs=self._state.copy(), next_obs=next_obs, reward=reward, success=success, unstable=unstable, **ends)
 
     def state_dict(self) -> dict:
         return {

@@ -81,7 +81,9 @@ from mtrl.envs.task_costs import STEP_MS
 __all__ = ["EnvWorkerError", "ParallelMultiTaskEnv", "assign_tasks"]
 
 START_METHODS = ("spawn", "forkserver", "fork")
-_RESULT_FIELDS = ("obs", "next_obs", "reward", "terminated", "truncated", "success", "episode_done", "episode_success", "episode_return")
+_RESULT_FIELDS = (
+    "obs", "next_obs", "reward", "terminated", "truncated", "success", "episode_done", "episode_success", "episode_return", "unstable",
+)
 
 
 class EnvWorkerError(RuntimeError):
@@ -110,7 +112,7 @@ def assign_tasks(task_names: list[str], workers: int) -> list[list[int]]:
 
 def _layout(K: int, obs_dim: int, action_dim: int) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Shared arrays: name -> (numpy dtype, shape); row k belongs to task k."""
-    flags = {name: ("bool", (K,)) for name in ("terminated", "truncated", "success", "episode_done", "episode_success")}
+    flags = {name: ("bool", (K,)) for name in ("terminated", "truncated", "success", "episode_done", "episode_success", "unstable")}
     return {
         "actions": ("float32", (K, action_dim)),
         "obs": ("float32", (K, obs_dim)),

@@ -297,6 +297,7 @@ def train(
 
     start_step, update_step, episodes = 0, 0, 0
     skipped = {"critic": torch.zeros((), device=device), "actor": torch.zeros((), device=device)}  # running totals
+    unstable = np.zeros(K, dtype=np.int64)  # per task: training steps whose simulation MuJoCo flagged unstable
     perf: torch.Tensor | None = None
     last_success: float | None = None
     obs = env.reset()
@@ -321,6 +322,8 @@ def train(
         _set_rng_state(state["rng"])
         start_step, update_step, episodes = state["step"], state["update_step"], state["episodes"]
         skipped = {key: torch.tensor(float(n), device=device) for key, n in state["skipped"].items()}
+        if "unstable" in state:  # absent from checkpoints written before it was counted: from zero
+            unstable = state["unstable"].numpy().astype(np.int64)
         perf = state.get("perf")
         last_success = state.get("last_success")
         state = None  # restored: free the loaded checkpoint (its replay alone is 0.34 GB on MT10)
@@ -338,6 +341,7 @@ def train(
             "update_step": update_step,
             "episodes": episodes,
             "skipped": {key: int(total) for key, total in skipped.items()},
+            "unstable": torch.from_numpy(unstable.copy()),
             "perf": perf,
             "last_success": last_success,
             "agent": agent.training_state(),
@@ -405,6 +409,7 @@ def train(
                 result = env.step(action)
                 replay.add(obs, action, result.reward, result.next_obs, result.terminated)
                 obs = result.obs
+                unstable += result.unstable
                 if result.episode_done.any():
                     episodes += int(result.episode_done.sum())
                     window_success.extend(result.episode_success[result.episode_done].astype(float).tolist())
@@ -445,6 +450,7 @@ def train(
                             **values,
                             **{f"train/skipped_{k}": int(values[f"train/skipped_{k}"]) for k in skipped},
                             "train/episodes": episodes,
+                            "train/unstable": unstable.tolist(),
                             "train/success": float(np.mean(window_success)) if window_success else None,
                             "time/collect_s": timings["collect"],
                             "time/update_s": timings["update"],

@@ -29,7 +29,7 @@ MT10_ORDER = [
     "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3",
 ]
 STEP_FIELDS = ("obs", "next_obs", "reward", "terminated", "truncated", "success",
-               "episode_done", "episode_success", "episode_return")
+               "episode_done", "episode_success", "episode_return", "unstable")
 
 
 # ---- helpers ------------------------------------------------------------------------------------

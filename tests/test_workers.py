@@ -32,8 +32,10 @@ def inprocess():
 
 
 @pytest.fixture(scope="module")
-def two_workers():
-    env = ParallelMultiTaskEnv("MT10", seed=1, workers=2, max_episode_steps=EPISODE)
+def two_workers(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:  # the workers keep this working directory, where
+        patch.chdir(tmp_path_factory.mktemp("workers"))  # MuJoCo writes its warning log (MUJOCO_LOG.TXT)
+        env = ParallelMultiTaskEnv("MT10", seed=1, workers=2, max_episode_steps=EPISODE)
     yield env
     env.close()
 
@@ -127,6 +129,37 @@ def test_a_local_shard_steps_and_moves_state_like_the_workers(two_workers):
         inprocess.close()
     with pytest.raises(ValueError, match="local_shard must be a bool, got 1"):
         ParallelMultiTaskEnv("MT1-reach-v3", seed=0, workers=1, local_shard=1)
+
+
+def poisoned(state: dict, task: int) -> dict:
+    """``state`` with a NaN in the first qpos entry of ``task``'s MuJoCo state (the integration
+    state starts with the time, then qpos): MuJoCo's next step reports BADQPOS and resets."""
+    sim = [s.clone() for s in state["sim"]]
+    sim[task][1] = float("nan")
+    return {**state, "sim": sim}
+
+
+def test_an_unstable_step_is_flagged_for_its_task_only_in_process_and_in_the_workers(inprocess, two_workers, tmp_path, monkeypatch):
+    """MuJoCo's warning counters, read after each step, flag exactly the task whose simulation
+    went bad, in the training process and in either worker process; the flag is that step's
+    alone (the next step is clean)."""
+    monkeypatch.chdir(tmp_path)  # MuJoCo's warning log of the in-process env lands here
+    two_workers.reset()
+    inprocess.load_state_dict(two_workers.state_dict())  # the same episodes in both
+    actions = uniform_actions(inprocess, 6, seed=8)
+    for a in actions[:2]:  # ordinary steps: nothing flagged
+        x, y = inprocess.step(a), two_workers.step(a)
+        assert not x.unstable.any() and not y.unstable.any()
+    for i, shard in enumerate(two_workers._tasks):  # one task in each worker process
+        task = shard[-1]
+        state = poisoned(inprocess.state_dict(), task)
+        inprocess.load_state_dict(state)
+        two_workers.load_state_dict(state)
+        for a, flagged in ((actions[2 + 2 * i], [task]), (actions[3 + 2 * i], [])):  # the poisoned step, then a clean one
+            x, y = inprocess.step(a), two_workers.step(a)
+            assert np.flatnonzero(x.unstable).tolist() == flagged, task
+            assert_same_steps([y], [x])  # the workers carry the flag like every other field
+    assert (tmp_path / "MUJOCO_LOG.TXT").exists()  # MuJoCo's own record of the in-process warnings
 
 
 def test_workers_refuse_wrong_actions_and_states(two_workers):
