@@ -31,7 +31,9 @@ Goals: every reset draws one of the task's 50 goal variations (MetaWorld v3's
 ``RandomTaskSelectWrapper`` behaviour) with this wrapper's own seeded generator. The 50
 variations themselves come from ``metaworld.MT10(goal_seed)`` (``MT50``, ``MT1``); like
 MetaWorld's ``make_vec(..., seed=s)`` they follow the run's seed, and an evaluation env built with
-the training env's ``goal_seed`` evaluates on the training goals. Observations are the 39
+the training env's ``goal_seed`` evaluates on the training goals. ``heldout_goals=True`` gives
+another 50 per task instead, disjoint from the training set of ``goal_seed`` by construction
+(``heldout_goal_sets``). Observations are the 39
 MetaWorld floats without a task one-hot; the agent encodes the task id itself.
 
 This module imports no torch at the top: env worker processes (``envs/workers.py``) run it and
@@ -41,9 +43,10 @@ exchange states as numpy; only ``state_dict`` / ``load_state_dict`` convert to t
 from __future__ import annotations
 
 import functools
+import pickle
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import metaworld
 import mujoco
@@ -52,7 +55,8 @@ from metaworld import env_dict
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
 __all__ = [
-    "MultiTaskEnv", "StepResult", "benchmark_task_names", "end_of_step", "task_goal_sets",
+    "MultiTaskEnv", "StepResult", "benchmark_task_names", "disjoint_goal_sets", "end_of_step", "heldout_goal_sets",
+    "heldout_seed", "task_goal_sets",
     "rng_state_to_tensor", "rng_state_from_tensor", "select_tasks", "join_tasks", "to_tensors", "from_tensors",
 ]
 
@@ -136,7 +140,7 @@ def benchmark_task_names(benchmark: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _benchmark(benchmark: str, seed: int) -> metaworld.Benchmark:
+def _benchmark(benchmark: str, seed: int | tuple[int, ...]) -> metaworld.Benchmark:
     """MetaWorld benchmark object (classes and the 50 goal variations per task); cached because
     sampling the goals instantiates every env (about 4.5 s for MT10)."""
     if benchmark.startswith("MT1-"):
@@ -144,12 +148,71 @@ def _benchmark(benchmark: str, seed: int) -> metaworld.Benchmark:
     return getattr(metaworld, benchmark)(seed=seed)
 
 
-def task_goal_sets(benchmark: str, goal_seed: int) -> list[list[metaworld.Task]]:
+def task_goal_sets(benchmark: str, goal_seed: int | tuple[int, ...]) -> list[list[metaworld.Task]]:
     """The 50 goal variations of every task of ``benchmark`` (in task order) that
-    ``metaworld.<benchmark>(seed=goal_seed)`` samples; the same seed gives the same goals."""
+    ``metaworld.<benchmark>(seed=goal_seed)`` samples; the same seed gives the same goals.
+
+    MetaWorld seeds numpy's legacy global generator with ``goal_seed``: an int (a run's seed)
+    goes through MT19937's ``init_genrand``, a tuple of ints through ``init_by_array``."""
     names = benchmark_task_names(benchmark)
     bench = _benchmark(benchmark, goal_seed)
     return [[task for task in bench.train_tasks if task.env_name == name] for name in names]
+
+
+#: Spawn key of the held-out goal stream (a SeedSequence child no run's own streams use).
+HELDOUT_KEY = 0x676F616C  # "goal"
+
+
+def heldout_seed(seed: int, attempt: int = 0) -> tuple[int, ...]:
+    """The MetaWorld seed of the ``attempt``-th held-out draw for run seed ``seed``: eight 32-bit
+    words of ``SeedSequence(seed, spawn_key=(HELDOUT_KEY, attempt))``. A tuple seeds MetaWorld's
+    sampler through ``init_by_array``, a path no run seed (an int: ``init_genrand``) takes."""
+    words = np.random.SeedSequence(int(seed), spawn_key=(HELDOUT_KEY, int(attempt))).generate_state(8)
+    return tuple(int(w) for w in words)
+
+
+def _goal_key(task: metaworld.Task) -> bytes:
+    """What makes a goal variation: its random vector (object and goal positions), as bytes."""
+    return np.asarray(pickle.loads(task.data)["rand_vec"], dtype=np.float64).tobytes()
+
+
+def disjoint_goal_sets(
+    exclude: Sequence[Sequence[metaworld.Task]], draw: Callable[[int], Sequence[Sequence[metaworld.Task]]],
+    per_task: int = 50, max_draws: int = 16,
+) -> list[list[metaworld.Task]]:
+    """``per_task`` goal variations per task, none equal to a goal of ``exclude`` (per task) or to
+    another one chosen: taken in order from ``draw(0)``, then ``draw(1)``, ... (called only while a
+    task still lacks goals). Raises ``RuntimeError`` after ``max_draws`` draws."""
+    excluded = [{_goal_key(task) for task in goals} for goals in exclude]
+    chosen: list[list[metaworld.Task]] = [[] for _ in exclude]
+    seen: list[set[bytes]] = [set() for _ in exclude]
+    for attempt in range(max_draws):
+        if all(len(goals) >= per_task for goals in chosen):
+            break
+        drawn = draw(attempt)
+        if len(drawn) != len(exclude):
+            raise ValueError(f"draw({attempt}) gave goal sets for {len(drawn)} tasks, expected {len(exclude)}")
+        for k, goals in enumerate(drawn):
+            for task in goals:
+                if len(chosen[k]) >= per_task:
+                    break
+                key = _goal_key(task)
+                if key not in excluded[k] and key not in seen[k]:
+                    seen[k].add(key)
+                    chosen[k].append(task)
+    if not all(len(goals) >= per_task for goals in chosen):
+        raise RuntimeError(f"no {per_task} goals per task disjoint from the excluded ones in {max_draws} draws")
+    return chosen
+
+
+def heldout_goal_sets(benchmark: str, seed: int) -> list[list[metaworld.Task]]:
+    """50 goal variations per task of ``benchmark``, disjoint by construction from the training
+    goals of run seed ``seed`` (``task_goal_sets(benchmark, seed)``): MetaWorld's own sampler
+    seeded with ``heldout_seed(seed, 0)``, any goal equal to a training goal (or repeated) replaced
+    by the next one of ``heldout_seed(seed, 1)``, and so on. The held-out sets of different seeds
+    are different streams too, so they are not another run's training set (the earlier held-out
+    set, the training goals of seed + 10000, was)."""
+    return disjoint_goal_sets(task_goal_sets(benchmark, seed), lambda attempt: task_goal_sets(benchmark, heldout_seed(seed, attempt)))
 
 
 def _check_episode_steps(max_episode_steps: Any) -> None:
@@ -348,6 +411,19 @@ def _set_sim_state(env: Any, state: np.ndarray, task: str) -> None:
     mujoco.mj_setState(env.model, env.data, state, _SIM_STATE)
 
 
+def describe_goal_set(state: dict) -> str | None:
+    """The goal set an env state was written on, in words (None for states that record none, such
+    as the synthetic env's): ``training goal set of seed S`` or ``held-out goal set of seed S``;
+    states written before held-out sets were built disjoint record only the seed (a held-out env
+    then wrote seed + 10000, and reads as the training goal set of that seed, which it was)."""
+    if "goal_seed" not in state:
+        return None
+    seeds = sorted({int(seed) for seed in np.asarray(state["goal_seed"]).reshape(-1)})
+    heldout = sorted({bool(h) for h in np.asarray(state.get("heldout_goals", [False])).reshape(-1)})
+    kind = "held-out" if heldout == [True] else "training" if heldout == [False] else "mixed"
+    return f"{kind} goal set of seed {seeds[0] if len(seeds) == 1 else seeds}"
+
+
 class MultiTaskEnv:
     """K MetaWorld tasks stepped in lock-step (see the module docstring).
 
@@ -359,6 +435,8 @@ class MultiTaskEnv:
         terminate_on_success: end an episode at its first success (evaluation protocol).
         goal_seed: seed of the benchmark's 50 goal variations per task (default ``seed``); an
             evaluation env passes the training env's to evaluate on the training goals.
+        heldout_goals: draw from ``heldout_goal_sets(benchmark, goal_seed)`` instead, a set
+            disjoint from the training goals of ``goal_seed``.
         tasks: indices (in benchmark order) of the tasks this env runs, default all. Env worker
             processes run subsets; every task is seeded by its benchmark index, so a subset steps
             exactly like those rows of the whole env.
@@ -369,7 +447,7 @@ class MultiTaskEnv:
     def __init__(
         self, benchmark: str, seed: int, *, max_episode_steps: int = 500, terminate_on_success: bool = False,
         goal_seed: int | None = None, tasks: Sequence[int] | None = None,
-        goal_sets: Sequence[Sequence[metaworld.Task]] | None = None,
+        goal_sets: Sequence[Sequence[metaworld.Task]] | None = None, heldout_goals: bool = False,
     ) -> None:
         names = benchmark_task_names(benchmark)
         _check_episode_steps(max_episode_steps)
@@ -383,8 +461,9 @@ class MultiTaskEnv:
         self.max_episode_steps = max_episode_steps
         self.terminate_on_success = terminate_on_success
         self.goal_seed = seed if goal_seed is None else goal_seed
+        self.heldout_goals = bool(heldout_goals)
         if goal_sets is None:
-            every = task_goal_sets(benchmark, self.goal_seed)
+            every = (heldout_goal_sets if self.heldout_goals else task_goal_sets)(benchmark, self.goal_seed)
             goal_sets = [every[k] for k in task_ids]
         if len(goal_sets) != self.num_tasks:
             raise ValueError(f"goal_sets has {len(goal_sets)} entries for {self.num_tasks} tasks")
@@ -475,12 +554,20 @@ class MultiTaskEnv:
             "reset_env_rng": np.stack([_rng_words(s[1]) for s in self._pre_reset]),
             "started": started,
             "goal_seed": np.full(self.num_tasks, self.goal_seed, dtype=np.int64),
+            "heldout_goals": np.full(self.num_tasks, self.heldout_goals, dtype=bool),
             "episode_step": self._t.copy(),
             "succeeded": self._succeeded.copy(),
             "return": self._return.copy(),
             "obs": self._obs.copy(),
             "sim": [_sim_state(env) if s else np.zeros(0) for env, s in zip(self._envs, started)],
             "attributes": [_pack_attributes(_plain_attributes(env) if s else {}) for env, s in zip(self._envs, started)],
+        }
+
+    def numpy_state_goals(self) -> dict:
+        """The goal-set part of ``numpy_state`` (which goal set the env draws from)."""
+        return {
+            "goal_seed": np.full(self.num_tasks, self.goal_seed, dtype=np.int64),
+            "heldout_goals": np.full(self.num_tasks, self.heldout_goals, dtype=bool),
         }
 
     def load_numpy_state(self, state: dict) -> np.ndarray:
@@ -490,11 +577,11 @@ class MultiTaskEnv:
             raise ValueError(f"environment state is for {K} tasks, this env has {self.num_tasks}")
         if "sim" not in state:  # written before environment states were complete
             return self._load_reset_snapshots(state)
-        seeds = sorted({int(seed) for seed in state["goal_seed"]})
-        if seeds != [self.goal_seed]:
+        written = describe_goal_set(state)
+        if written != describe_goal_set(self.numpy_state_goals()):
             warnings.warn(
-                f"environment state was written by an env on the goal set of seed {seeds}, this env draws from the goal "
-                f"set of seed {self.goal_seed}: the episodes in progress do not continue exactly", stacklevel=3,
+                f"environment state was written by an env on the {written}, this env draws from the "
+                f"{describe_goal_set(self.numpy_state_goals())}: the episodes in progress do not continue exactly", stacklevel=3,
             )
         for k in range(K):
             if state["started"][k]:  # replay the latest reset, then the episode's state on top

@@ -74,7 +74,7 @@ from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
 from mtrl.envs.metaworld import (
     MultiTaskEnv, StepResult, _check_episode_steps, benchmark_task_names, from_tensors, join_tasks, select_tasks,
-    task_goal_sets, to_tensors,
+    heldout_goal_sets, task_goal_sets, to_tensors,
 )
 from mtrl.envs.task_costs import STEP_MS
 
@@ -238,7 +238,7 @@ class ParallelMultiTaskEnv:
     """The tasks of a MetaWorld benchmark in ``workers`` processes (see the module docstring).
 
     Args:
-        benchmark, seed, max_episode_steps, terminate_on_success, goal_seed: as ``MultiTaskEnv``.
+        benchmark, seed, max_episode_steps, terminate_on_success, goal_seed, heldout_goals: as ``MultiTaskEnv``.
         workers: number of shards the tasks are dealt into, at most one per task (more are not
             made); each shard runs in its own worker process, except the first with ``local_shard``.
         local_shard: step the lightest shard in this process (``workers - 1`` worker processes).
@@ -251,7 +251,7 @@ class ParallelMultiTaskEnv:
     def __init__(
         self, benchmark: str, seed: int, *, workers: int, max_episode_steps: int = 500,
         terminate_on_success: bool = False, goal_seed: int | None = None, local_shard: bool = False,
-        start_method: str = "spawn", timeout_s: float = 600.0, spin_ms: float = 5.0,
+        start_method: str = "spawn", timeout_s: float = 600.0, spin_ms: float = 5.0, heldout_goals: bool = False,
     ) -> None:
         names = benchmark_task_names(benchmark)
         _check_episode_steps(max_episode_steps)
@@ -269,7 +269,9 @@ class ParallelMultiTaskEnv:
         self.max_episode_steps = max_episode_steps
         self.terminate_on_success = terminate_on_success
         self.goal_seed = seed if goal_seed is None else goal_seed
-        self.goal_sets = task_goal_sets(benchmark, self.goal_seed)  # sampled once here, sent to the workers
+        self.heldout_goals = bool(heldout_goals)
+        sets = heldout_goal_sets if self.heldout_goals else task_goal_sets
+        self.goal_sets = sets(benchmark, self.goal_seed)  # sampled once here, sent to the workers
         self.timeout_s = timeout_s
         probe = ALL_V3_ENVIRONMENTS[names[0]]()  # the spaces, to size the shared arrays before the workers start
         self.action_low = np.asarray(probe.action_space.low, dtype=np.float32)
@@ -298,7 +300,7 @@ class ParallelMultiTaskEnv:
         for w, tasks in enumerate(self._tasks):
             env_kwargs = dict(
                 benchmark=benchmark, seed=seed, max_episode_steps=max_episode_steps, terminate_on_success=terminate_on_success,
-                goal_seed=self.goal_seed, tasks=tasks,
+                goal_seed=self.goal_seed, tasks=tasks, heldout_goals=self.heldout_goals,
             )
             # The goal variations (about 16 KB per task) travel in shared memory, not as arguments:
             # spawn writes the arguments into a pipe whose reading end the parent keeps open, so an
@@ -321,6 +323,7 @@ class ParallelMultiTaskEnv:
             self._local = MultiTaskEnv(
                 benchmark, seed, max_episode_steps=max_episode_steps, terminate_on_success=terminate_on_success,
                 goal_seed=self.goal_seed, tasks=self._local_tasks, goal_sets=[self.goal_sets[k] for k in self._local_tasks],
+                heldout_goals=self.heldout_goals,
             )
         self._gather("start")
 

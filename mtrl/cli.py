@@ -29,20 +29,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     resume = args.resume
     run_dir = Path(args.run_dir) if args.run_dir else None
     config_path = Path(args.config) if args.config else None
+    resume_dir = None
     if resume not in (None, "auto"):
         resume_dir = Path(resume)
         if run_dir is not None and run_dir.resolve() != resume_dir.resolve():
             raise ValueError(f"--run-dir {run_dir} and --resume {resume_dir} name different directories")
         run_dir = resume_dir
-        if config_path is None:
-            config_path = resume_dir / "config.yaml"
-    if config_path is None:
+    if config_path is None and resume_dir is None:
         raise ValueError("give a CONFIG file, or --resume RUN_DIR to continue a run")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
-    cfg = load_config(config_path, overrides)
+    if config_path is None:  # the config the run has now: config.yaml with config_history.jsonl applied
+        from mtrl.runs import load_run_config
+
+        cfg = load_run_config(resume_dir, overrides)
+        config_path = resume_dir / "config.yaml"
+    else:
+        cfg = load_config(config_path, overrides)
     if cfg.train.video_every:
         from mtrl.video import configure_headless_gl
 
@@ -67,6 +72,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if args.video is not None and args.json:
         raise ValueError("--json writes an evaluation's result; --video records videos instead of evaluating")
+    if args.goals == "heldout" and (args.video is not None or args.protocol == "metaworld"):
+        what = "--video" if args.video is not None else "--protocol metaworld"
+        raise ValueError(
+            f"--goals heldout needs --protocol mtrl: {what} plays on MetaWorld's own vector env of the run's seed, "
+            f"whose goals are the training goals (--goals train, or leave --goals out)"
+        )
     if args.video is not None:
         from mtrl.rollouts import record_run_videos
 
@@ -104,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--run-dir", help="output directory (default runs/<config>/seed<N>)")
     p.add_argument("--resume", metavar="RUN_DIR|auto", help="continue from the newest valid checkpoint")
-    p.add_argument("--force", action="store_true", help="resume even if the config changes the run's meaning")
+    p.add_argument("--force", action="store_true",
+                   help="resume even if the config changes keys that change the run's results (recorded in config_history.jsonl)")
 
     p = sub.add_parser("evaluate", help="evaluate the newest checkpoint of a run, or record videos of it")
     p.add_argument("run_dir")
@@ -114,7 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.add_argument("--video", metavar="DIR", help="render episodes into DIR/<task>.mp4 (or .gif) instead of evaluating")
     p.add_argument("--device", default="auto")
-    p.add_argument("--goals", choices=("train", "heldout"), help="--protocol mtrl: goal set (default: the run's env.eval_goals)")
+    p.add_argument("--goals", choices=("train", "heldout"),
+                   help="goal set (default: the run's env.eval_goals with --protocol mtrl; --protocol metaworld and --video "
+                        "play the training goals, and refuse heldout)")
 
     sub.add_parser("sweep", help="run methods x seeds (see `mtrl sweep -h`)", add_help=False)
     sub.add_parser("report", help="tables and figures over run directories (see `mtrl report -h`)", add_help=False)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "ABSENT",
     "AgentConfig",
     "AggregatorConfig",
     "CheckpointConfig",
@@ -25,10 +26,18 @@ __all__ = [
     "EnvConfig",
     "TrainConfig",
     "WandbConfig",
+    "ConfigChange",
+    "RESUME_ALLOWED",
     "apply_overrides",
+    "config_changes",
     "config_from_dict",
+    "config_keys",
     "config_to_dict",
+    "flatten_config",
+    "identity_keys",
+    "is_resume_allowed",
     "load_config",
+    "resolved_flat_config",
     "save_config",
 ]
 
@@ -48,8 +57,8 @@ class EnvConfig:
             own evaluation does this; success is "any step succeeded" either way).
         eval_goals: goal variations of the evaluation env: "train" (the training env's 50 per
             task, MetaWorld's protocol; the evaluation env draws which one comes next with its
-            own RNG) or "heldout" (a disjoint set sampled from another seed, for generalisation
-            studies; what evaluation used before this option existed).
+            own RNG) or "heldout" (50 other goals per task, disjoint from the training goals by
+            construction, ``mtrl.envs.metaworld.heldout_goal_sets``; for generalisation studies).
         workers: run the MetaWorld tasks in this many worker processes (tasks dealt into shares
             balanced by each task's step cost as measured once in ``envs/task_costs.py``, not by
             count; at most one share per task; ``envs/workers.py``); 1 steps them in the
@@ -268,7 +277,7 @@ _CHOICES = {
 
 
 def _check_values(cfg: Config) -> None:
-    flat = _flatten(config_to_dict(cfg))
+    flat = flatten_config(config_to_dict(cfg))
     for key in _POSITIVE_INTS:
         if flat[key] <= 0:
             raise ConfigError(f"{key} must be a positive integer, got {flat[key]!r}")
@@ -390,17 +399,6 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and key not in ("options", "critic_options", "actor_options"):
-            out.update(_flatten(value, full))
-        else:
-            out[full] = value
-    return out
-
-
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides (dotted keys, YAML values) to a nested config dict."""
     import copy
@@ -434,7 +432,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write ``cfg`` as YAML, atomically (temp file, fsync, rename): a crash leaves the old file or the new one."""
+    from mtrl.metrics import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def replace(cfg: Config, **changes: Any) -> Config:
@@ -442,3 +443,126 @@ def replace(cfg: Config, **changes: Any) -> Config:
     out = dataclasses.replace(cfg, **changes)
     _check_values(out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat keys and a run's identity: which keys may change when a run is resumed.
+# ---------------------------------------------------------------------------------------------
+#: Keys that may change on ``--resume``: none of them changes the numbers a run produces (logging,
+#: the progress bar, env worker processes, checkpoint cadence, W&B, videos, the run's label), except
+#: ``train.total_steps``, which only says where the run stops. ``device`` may change too (runs move
+#: between machines), but results then differ in their last bits: the trainer warns and records it.
+#: A section name (``train.wandb``) covers every key below it. Every other key, including every key
+#: added later, is part of the run's identity: ``config_changes`` marks a change of it as not allowed.
+RESUME_ALLOWED = (
+    "name",
+    "device",
+    "train.total_steps",
+    "train.log_every",
+    "train.tensorboard",
+    "train.progress",
+    "train.video_every",
+    "train.wandb",
+    "env.workers",
+    "env.local_shard",
+    "env.spin_ms",
+    "checkpoint.every",
+    "checkpoint.keep",
+    "checkpoint.include_replay",
+)
+
+#: The mapping-valued fields whose entries are aggregator options (``flatten_config(options=True)``).
+_OPTION_FIELDS = ("aggregator.options", "aggregator.critic_options", "aggregator.actor_options")
+
+
+def _is_section(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def config_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Dotted names of every leaf key of the config dataclass ``cls`` (sections expanded; a mapping
+    such as ``aggregator.options`` is one key), derived from the dataclasses themselves."""
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        full = f"{prefix}.{f.name}" if prefix else f.name
+        out += config_keys(hints[f.name], full) if _is_section(hints[f.name]) else [full]
+    return out
+
+
+def flatten_config(data: dict[str, Any], prefix: str = "", options: bool = False, cls: Any = Config) -> dict[str, Any]:
+    """A nested config dict as ``{dotted key: value}``: sections of ``Config`` are expanded, mapping-
+    valued keys (the aggregator options) stay one value unless ``options``, which expands them into
+    ``aggregator.options.<name>`` keys. Keys ``Config`` does not know (configs of other trainers)
+    are expanded when they hold mappings."""
+    hints = typing.get_type_hints(cls) if _is_section(cls) else {}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        tp = hints.get(key)
+        if isinstance(value, dict) and (_is_section(tp) or tp is None or (options and full in _OPTION_FIELDS)):
+            out.update(flatten_config(value, full, options, tp if _is_section(tp) else None))
+        else:
+            out[full] = value
+    return out
+
+
+def is_resume_allowed(key: str) -> bool:
+    """True when ``key`` may change on resume (``RESUME_ALLOWED``, sections included)."""
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUME_ALLOWED)
+
+
+def identity_keys(cls: type = Config) -> list[str]:
+    """Every config key that is part of a run's identity: all keys of ``cls`` but ``RESUME_ALLOWED``."""
+    return [key for key in config_keys(cls) if not is_resume_allowed(key)]
+
+
+def resolved_flat_config(data: dict[str, Any]) -> dict[str, Any]:
+    """What a config dict means, as flat keys: validated, absent keys at their defaults (a key
+    missing from an older run's config.yaml meant the behaviour of its default), and the aggregator
+    options expanded, ``aggregator.options.<name>`` with every option of the aggregator at its
+    default unless set (``critic_options`` and ``actor_options`` hold only their overrides)."""
+    cfg = config_from_dict(data)
+    flat = flatten_config(config_to_dict(cfg), options=True)
+    from mtrl.aggregators import REGISTRY
+
+    for name, default in REGISTRY[cfg.aggregator.name].option_defaults().items():
+        flat.setdefault(f"aggregator.options.{name}", default)
+    return flat
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """One flat key whose value differs between two configs (``ABSENT`` where one lacks it)."""
+
+    key: str
+    old: Any
+    new: Any
+
+    @property
+    def allowed(self) -> bool:
+        return is_resume_allowed(self.key)
+
+    def describe(self) -> str:
+        return f"{self.key}: {_show(self.old)} -> {_show(self.new)}"
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+#: The value of a key one config does not have (an option of another aggregator).
+ABSENT: Any = _Absent()
+
+
+def _show(value: Any) -> str:
+    return repr(value) if value is not ABSENT else "(absent)"
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[ConfigChange]:
+    """Every flat key whose meaning differs between the config dicts ``old`` and ``new`` (both
+    resolved with ``resolved_flat_config``: absent keys at their defaults), in key order."""
+    a, b = resolved_flat_config(old), resolved_flat_config(new)
+    return [ConfigChange(key, a.get(key, ABSENT), b.get(key, ABSENT)) for key in sorted(set(a) | set(b))
+            if a.get(key, ABSENT) != b.get(key, ABSENT)]

@@ -1,7 +1,7 @@
 """Look inside runs: read the gradient diagnostics the trainer logged, summarise and plot them.
 
-``mtrl inspect RUN_DIR [--out DIR]`` prints and plots one run; ``mtrl report`` uses the same
-readers and figures with every method's seeds averaged (``docs/diagnostics.md`` explains the
+``mtrl inspect RUN_DIR [--out DIR]`` prints and plots one run (read with ``mtrl.runs``); ``mtrl
+report`` uses the same readers and figures with every method's seeds averaged (``docs/diagnostics.md`` explains the
 quantities and how to read each figure). The module is not named ``inspect``: that would shadow
 the standard library's module whenever a file of ``mtrl/`` runs as a script.
 
@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mtrl.runs import read_run
 
 __all__ = [
     "COMPONENTS",
@@ -496,8 +498,6 @@ def _most_conflicting(matrix: np.ndarray, tasks: list[str], count: int = 3) -> l
 
 def inspect_run(run_dir: Path, out: Path | None = None) -> dict:
     """Print and plot one run's success and diagnostics; returns what ``inspect.json`` holds."""
-    from mtrl.report import read_run
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "eval.csv").exists():
         raise ValueError(

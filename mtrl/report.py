@@ -13,8 +13,8 @@ Statistics per method, over seeds (the papers' protocol: docs/design.md §4):
 * **final**: the task-averaged success of each run's last evaluation, mean +- SEM;
 * **IQM** (of seed best): interquartile mean of the per-seed best scores (the 25% trimmed mean,
   ``scipy.stats.trim_mean(x, 0.25)``) with a 95% percentile bootstrap CI over seeds (2000
-  resamples, fixed seed; one stratum per method since the per-seed score already averages the
-  tasks).
+  resamples, fixed seed): ``stats.iqm`` and ``stats.interval_estimate`` on the ``[N, 1]`` matrix of
+  per-seed scores (one stratum, since the per-seed score already averages the tasks).
 
 rliable's statistics on run x task scores (``mtrl/stats.py`` gives the definitions and
 citations): the score of run n on task m is the task's success at the run's final evaluation, an
@@ -36,6 +36,12 @@ served cosine against its final success (``served.png``); the numbers behind the
 STL: the MT1 runs of one seed are joined into one task-averaged curve at the evaluation steps
 they share, then treated like any other run. Main-task runs (``main_task`` set) also report the
 main task's best and final success.
+
+Warnings (printed and at the top of ``report.md``): runs pooled under one method whose configs
+differ in keys of a run's identity (every key but ``mtrl.config.RESUME_ALLOWED`` and the seed;
+the benchmark too for STL), runs continued with forced changes (``config_history.jsonl``), and
+runs produced by different versions of torch, MetaWorld or MuJoCo (``provenance.jsonl``). A CI
+over fewer than ``MIN_CI_RUNS`` runs is marked † in the tables.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +58,9 @@ import numpy as np
 import yaml
 
 from mtrl import stats as rstats
+from mtrl.config import ConfigError, flatten_config, is_resume_allowed, resolved_flat_config
+from mtrl.provenance import COMPARED_PACKAGES, read_provenance
+from mtrl.runs import Run, find_runs, read_config_history, read_run
 from mtrl.inspection import (
     MethodDiagnostics,
     aggregate_diagnostics,
@@ -62,28 +72,12 @@ from mtrl.inspection import (
     read_diagnostics,
 )
 
-__all__ = ["Run", "MethodStats", "find_runs", "group_runs", "method_stats", "main"]
+__all__ = ["Run", "MethodStats", "MIN_CI_RUNS", "find_runs", "group_runs", "method_stats", "read_run", "run_warnings", "main"]
 
-BOOTSTRAP_SAMPLES = rstats.BOOTSTRAP_SAMPLES
-BOOTSTRAP_SEED = rstats.BOOTSTRAP_SEED
 PROFILE_TAUS = np.linspace(0.0, 1.0, 101)
-
-
-@dataclass
-class Run:
-    """One run directory: its label, seed, benchmark and evaluation curves."""
-
-    path: Path
-    label: str
-    seed: int
-    benchmark: str
-    main_task: str | None
-    steps: np.ndarray  # [E]
-    per_task: dict[str, np.ndarray]  # task -> [E]
-
-    @property
-    def mean_curve(self) -> np.ndarray:
-        return np.mean(np.stack(list(self.per_task.values())), axis=0)
+#: A bootstrap CI over fewer runs than this is marked in the tables: with so few, the resamples
+#: take few distinct values and the interval says little.
+MIN_CI_RUNS = 5
 
 
 @dataclass
@@ -107,10 +101,16 @@ class MethodStats:
     iqm_run_task_ci: tuple[float, float] = (math.nan, math.nan)
     probability_of_improvement: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # other -> (p, lo, hi)
 
+    @property
+    def few_runs(self) -> bool:
+        """Its CIs rest on fewer than ``MIN_CI_RUNS`` runs."""
+        return self.n_seeds < MIN_CI_RUNS
+
     def as_json(self) -> dict:
         out = {
             "best_mean": self.best_mean, "best_sem": self.best_sem, "final_mean": self.final_mean,
             "final_sem": self.final_sem, "iqm": self.iqm, "iqm_ci": list(self.iqm_ci), "n_seeds": self.n_seeds,
+            "ci_fewer_than_min_runs": self.few_runs,
             "per_task_best": self.per_task_best, "per_task_final": self.per_task_final,
             "iqm_run_task": self.iqm_run_task, "iqm_run_task_ci": list(self.iqm_run_task_ci),
             "probability_of_improvement": {
@@ -120,50 +120,6 @@ class MethodStats:
         if self.main_task is not None:
             out.update(main_task=self.main_task, main_best=self.main_best, main_final=self.main_final)
         return out
-
-
-def read_run(path: Path) -> Run | None:
-    """Parse one run directory; None if it has no evaluation yet."""
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    with open(path / "eval.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return None
-    tasks = [c for c in rows[0] if c not in ("step", "mean_success")]
-    label = (config.get("aggregator") or {}).get("name", "unknown")
-    sweep = path / "sweep.json"
-    if sweep.exists():
-        label = json.loads(sweep.read_text()).get("label", label)
-    benchmark = (config.get("env") or {}).get("benchmark", "")
-    if benchmark.startswith("MT1-") and not sweep.exists():
-        label = "STL"
-    if config.get("label"):  # runs of other trainers (e.g. mtrl.sb3_baseline) name themselves
-        label = str(config["label"])
-    return Run(
-        path=path,
-        label=label,
-        seed=int(config.get("seed", 0)),
-        benchmark=benchmark,
-        main_task=config.get("main_task"),
-        steps=np.array([int(r["step"]) for r in rows]),
-        per_task={t: np.array([float(r[t]) for r in rows]) for t in tasks},
-    )
-
-
-def find_runs(roots: list[Path]) -> list[Run]:
-    runs = []
-    for root in roots:
-        root = Path(root)
-        if not root.exists():
-            raise ValueError(f"no such directory: {root}")
-        candidates = [root] if (root / "eval.csv").exists() else []
-        candidates += sorted(p.parent for p in root.rglob("eval.csv") if p.parent != root)
-        for path in candidates:
-            if (path / "config.yaml").exists():
-                run = read_run(path)
-                if run is not None:
-                    runs.append(run)
-    return runs
 
 
 def _join_stl(runs: list[Run]) -> Run:
@@ -177,40 +133,33 @@ def _join_stl(runs: list[Run]) -> Run:
     return Run(runs[0].path.parent, "STL", runs[0].seed, "MT1", None, np.array(common), per_task)
 
 
+def _is_stl(run: Run) -> bool:
+    return run.label == "STL" or (run.benchmark.startswith("MT1-") and run.label.startswith("stl"))
+
+
+def _members(runs: list[Run]) -> dict[str, list[Run]]:
+    """The run directories pooled under each method label (STL: every MT1 run of the STL row)."""
+    members: dict[str, list[Run]] = {}
+    for run in runs:
+        members.setdefault("STL" if _is_stl(run) else run.label, []).append(run)
+    return members
+
+
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
     groups: dict[str, list[Run]] = {}
-    stl: dict[int, list[Run]] = {}
-    for run in runs:
-        if run.label == "STL" or (run.benchmark.startswith("MT1-") and run.label.startswith("stl")):
+    for label, pooled in _members(runs).items():
+        if label != "STL":
+            groups[label] = pooled
+            continue
+        stl: dict[int, list[Run]] = {}
+        for run in pooled:
             stl.setdefault(run.seed, []).append(run)
-        else:
-            groups.setdefault(run.label, []).append(run)
-    if stl:
-        groups["STL"] = [_join_stl(seed_runs) for _, seed_runs in sorted(stl.items()) if seed_runs]
+        groups["STL"] = [_join_stl(seed_runs) for _, seed_runs in sorted(stl.items())]
     return groups
 
 
 def sem(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-
-
-def iqm(values: np.ndarray) -> np.ndarray:
-    """Interquartile mean over the last axis (``scipy.stats.trim_mean(values, 0.25)``)."""
-    return rstats.interquartile_mean(values)
-
-
-def bootstrap_ci(values: np.ndarray, statistic=iqm, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``statistic`` over seeds (fixed seed: reproducible).
-
-    ``statistic`` reduces the last axis, so that it takes all resamples ``[B, n]`` at once.
-    """
-    if len(values) < 2:
-        return float(statistic(values)), float(statistic(values))
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    draws = rng.integers(0, len(values), size=(BOOTSTRAP_SAMPLES, len(values)))
-    stats = np.asarray(statistic(values[draws]))  # [B]
-    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
 
 
 def method_stats(label: str, runs: list[Run]) -> MethodStats:
@@ -219,9 +168,12 @@ def method_stats(label: str, runs: list[Run]) -> MethodStats:
     tasks = sorted(set.intersection(*(set(r.per_task) for r in runs)), key=list(runs[0].per_task).index)
     scores = np.array([[r.per_task[t][-1] for t in tasks] for r in runs])  # [N, K]
     point, low, high = rstats.interval_estimate(scores, rstats.iqm)
+    # the per-seed best as a one-task score matrix [N, 1]: its pooled IQM is the IQM over seeds and
+    # the stratified bootstrap (one stratum) the plain percentile bootstrap over seeds
+    best_iqm, best_low, best_high = rstats.interval_estimate(best[:, None], rstats.iqm)
     stats = MethodStats(
         label=label, n_seeds=len(runs), best_mean=float(best.mean()), best_sem=sem(best),
-        final_mean=float(final.mean()), final_sem=sem(final), iqm=float(iqm(best)), iqm_ci=bootstrap_ci(best),
+        final_mean=float(final.mean()), final_sem=sem(final), iqm=float(best_iqm), iqm_ci=(float(best_low), float(best_high)),
         per_task_best={t: float(np.mean([r.per_task[t].max() for r in runs])) for t in tasks},
         per_task_final={t: float(np.mean([r.per_task[t][-1] for r in runs])) for t in tasks},
         tasks=tasks, scores=scores, iqm_run_task=float(point), iqm_run_task_ci=(float(low), float(high)),
@@ -254,6 +206,71 @@ def compare_methods(stats: list[MethodStats]) -> list[tuple[str, str, float, flo
             if y.label in x.probability_of_improvement:
                 rows.append((x.label, y.label, *x.probability_of_improvement[y.label]))
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# warnings: what the pooled runs do not share
+# ---------------------------------------------------------------------------------------------
+def _identity(run: Run) -> dict:
+    """The run's identity keys with their values: its effective config (config.yaml and its
+    history), absent keys at their defaults, every key but ``RESUME_ALLOWED``."""
+    config = run.config or {}
+    try:
+        flat = resolved_flat_config(config)
+    except ConfigError:  # another trainer's config (mtrl.sb3_baseline): the keys as written
+        flat = flatten_config(config, options=True)
+    return {key: value for key, value in flat.items() if not is_resume_allowed(key)}
+
+
+def _named(runs: list[Run], limit: int = 3) -> str:
+    names = [str(r.path) for r in runs[:limit]]
+    more = f" and {len(runs) - limit} more" if len(runs) > limit else ""
+    return f"{len(runs)} run{'s' * (len(runs) != 1)}: {', '.join(names)}{more}"
+
+
+_MISSING = object()
+
+
+def _absent_repr(value) -> str:
+    return "(absent)" if value is _MISSING else repr(value)
+
+
+def run_warnings(runs: list[Run]) -> list[str]:
+    """What the runs of a report do not share: identity keys within a method (the seed aside; the
+    benchmark too for STL), forced changes on resume, and torch, MetaWorld or MuJoCo versions
+    across all runs. One sentence each."""
+    out = []
+    for label, pooled in sorted(_members(runs).items()):
+        ignore = {"seed"} | ({"env.benchmark"} if label == "STL" else set())
+        identities = [_identity(run) for run in pooled]
+        differing = []
+        for key in sorted(set().union(*identities) - ignore):
+            values: dict[str, list[Run]] = {}
+            for run, identity in zip(pooled, identities):
+                values.setdefault(_absent_repr(identity.get(key, _MISSING)), []).append(run)
+            if len(values) > 1:
+                differing.append(f"{key} = " + " / ".join(f"{value} ({_named(rs)})" for value, rs in values.items()))
+        if differing:
+            out.append(f"method {label} pools runs whose configs differ in keys that change results: {'; '.join(differing)}")
+        for run in pooled:
+            forced = list(dict.fromkeys(r["key"] for r in read_config_history(run.path) if r.get("change") == "forced"))
+            if forced:
+                out.append(f"method {label}: {run.path} was resumed with forced changes of {', '.join(forced)} (its config_history.jsonl)")
+    records = {run.path: read_provenance(run.path) for run in runs}
+    recorded = [run for run in runs if records[run.path]]
+    for package in COMPARED_PACKAGES:
+        versions: dict[str, list[Run]] = {}
+        for run in recorded:
+            seen = list(dict.fromkeys(str((r.get("packages") or {}).get(package)) for r in records[run.path]))
+            versions.setdefault(" then ".join(seen), []).append(run)
+        if len(versions) > 1:
+            out.append(f"the runs were produced by different {package} versions: "
+                       + "; ".join(f"{version} ({_named(rs)})" for version, rs in sorted(versions.items())))
+    missing = [run for run in runs if not records[run.path]]
+    if missing:
+        out.append(f"{_named(missing)} record no provenance (provenance.jsonl: written by runs started since it exists), "
+                   f"so the versions of torch, MetaWorld and MuJoCo that produced them are unknown")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,6 +369,13 @@ def _plot_per_task(stats: list[MethodStats], path: Path) -> None:
     plt.close(fig)
 
 
+_FEW = "†"
+_FEW_NOTE = (
+    f"fewer than {MIN_CI_RUNS} runs: a bootstrap over so few runs takes few distinct values, so this CI "
+    f"says little about the spread over seeds; read the numbers as indicative."
+)
+
+
 def _f(value: float) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
@@ -361,10 +385,12 @@ def _markdown(
     poi_rows: list[tuple[str, str, float, float, float]] | None = None,
     diags: dict[str, MethodDiagnostics] | None = None,
     figures: dict[str, dict[str, str]] | None = None,
+    warnings: list[str] | None = None,
 ) -> str:
-    lines = [
-        "# Report",
-        "",
+    lines = ["# Report", ""]
+    if warnings:
+        lines += ["## Warnings", ""] + [f"* {warning}" for warning in warnings] + [""]
+    lines += [
         "Best = per seed, the maximum over evaluations of the task-averaged success (the papers' metric), "
         "then mean ± SEM over seeds. Final = the last evaluation. IQM of seed best = IQM of the per-seed best "
         "scores with a 95% bootstrap CI over seeds. IQM run × task = rliable's IQM of the pooled final success "
@@ -374,11 +400,14 @@ def _markdown(
         "|---|---|---|---|---|---|",
     ]
     for s in stats:
+        mark = _FEW if s.few_runs else ""
         lines.append(
             f"| {s.label} | {s.n_seeds} | {s.best_mean:.3f} ± {s.best_sem:.3f} | {s.final_mean:.3f} ± {s.final_sem:.3f} | "
-            f"{s.iqm:.3f} [{s.iqm_ci[0]:.3f}, {s.iqm_ci[1]:.3f}] | "
-            f"{s.iqm_run_task:.3f} [{s.iqm_run_task_ci[0]:.3f}, {s.iqm_run_task_ci[1]:.3f}] |"
+            f"{s.iqm:.3f} [{s.iqm_ci[0]:.3f}, {s.iqm_ci[1]:.3f}]{mark} | "
+            f"{s.iqm_run_task:.3f} [{s.iqm_run_task_ci[0]:.3f}, {s.iqm_run_task_ci[1]:.3f}]{mark} |"
         )
+    if any(s.few_runs for s in stats):
+        lines += ["", f"{_FEW} {_FEW_NOTE}"]
     mains = [s for s in stats if s.main_task is not None]
     if mains:
         lines += ["", "## Main task", "", "| method | main task | best | final |", "|---|---|---|---|"]
@@ -403,6 +432,7 @@ def _markdown(
     if poi_rows:
         compared = [s.label for s in stats if s.probability_of_improvement]
         lookup = {(x, y): (p, lo, hi) for x, y, p, lo, hi in poi_rows}
+        by_label = {s.label: s for s in stats}
         lines += [
             "Probability of improvement P(row > column): the chance that a random run of the row method beats a "
             "random run of the column method on a random task (ties count ½), with its 95% CI; 0.5 means no "
@@ -417,10 +447,13 @@ def _markdown(
             for y in compared:
                 if (x, y) in lookup:
                     p, lo, hi = lookup[(x, y)]
-                    cells.append(f"{p:.2f} [{lo:.2f}, {hi:.2f}]")
+                    few = _FEW if (by_label[x].few_runs or by_label[y].few_runs) else ""
+                    cells.append(f"{p:.2f} [{lo:.2f}, {hi:.2f}]{few}")
                 else:
                     cells.append("")
             lines.append(f"| {x} | " + " | ".join(cells) + " |")
+        if any(by_label[x].few_runs for x in compared):
+            lines += ["", f"{_FEW} {_FEW_NOTE}"]
         lines.append("")
     if diags:
         figures = figures or {}
@@ -489,11 +522,19 @@ def report(roots: list[Path], out: Path | None = None, json_path: Path | None = 
     groups = group_runs(runs)
     stats = [method_stats(label, group) for label, group in sorted(groups.items())]
     poi_rows = compare_methods(stats)
+    warnings = run_warnings(runs)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     header, rows = _main_table(stats)
     widths = [max(len(header[i]), 10) for i in range(len(header))]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join((f"{c:.3f}" if isinstance(c, float) else str(c)).ljust(w) for c, w in zip(row, widths)))
+    for s, row in zip(stats, rows):
+        cells = [f"{c:.3f}" if isinstance(c, float) else str(c) for c in row]
+        if s.few_runs:
+            cells[1] += _FEW  # the seeds column
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)))
+    if any(s.few_runs for s in stats):
+        print(f"{_FEW} {_FEW_NOTE}")
     out = Path(out) if out is not None else Path(roots[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "summary.csv", header, rows)
@@ -523,7 +564,7 @@ def report(roots: list[Path], out: Path | None = None, json_path: Path | None = 
                 figures[label]["weights"] = f"weights_{file_label(label)}.png"
         (out / "diagnostics.json").write_text(json.dumps({label: d.as_json() for label, d in diags.items()}, indent=2) + "\n")
         print(f"gradient diagnostics from {sum(d.n_runs for d in diags.values())} runs of {len(diags)} methods")
-    (out / "report.md").write_text(_markdown(stats, poi_rows, diags, figures))
+    (out / "report.md").write_text(_markdown(stats, poi_rows, diags, figures, warnings))
     payload = {s.label: s.as_json() for s in stats}
     if json_path is not None:
         Path(json_path).write_text(json.dumps(payload, indent=2) + "\n")

@@ -16,6 +16,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,41 +26,23 @@ import numpy as np
 import torch
 
 from mtrl.agents.mtsac import MTSAC, HyperBatches
-from mtrl.envs.metaworld import MultiTaskEnv
+from mtrl.envs.metaworld import MultiTaskEnv, describe_goal_set
 from mtrl.envs.synthetic import PointMassEnv, is_point_benchmark
 from mtrl.envs.workers import ParallelMultiTaskEnv
 from mtrl import checkpoint as ckpt
-from mtrl.aggregators import Aggregator, make
+from mtrl.aggregators import REGISTRY, Aggregator, make
 from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
-from mtrl.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
+from mtrl import provenance
+from mtrl.config import ABSENT, RESUME_ALLOWED, Config, ConfigChange, ConfigError, config_changes, config_from_dict, config_to_dict, save_config
 from mtrl.evaluate import EvalResult, evaluate
 from mtrl.jacobian import configure_allocator
 from mtrl.metrics import MetricsLogger, ProgressLine, read_metrics, read_status, truncate_metric_files, write_status
 from mtrl.replay import Batch, MultiTaskReplay
+from mtrl.runs import CONFIG_HISTORY, PROVENANCE, append_jsonl, effective_config_dict
 from mtrl.tracking import open_logger
 from mtrl.video import TrainingVideos
 
-__all__ = ["RunResult", "checkpoint_policy", "evaluate_run", "resolve_device", "train", "MEANING_KEYS"]
-
-#: Config keys that define what a run *is*; resuming with other values is refused unless forced.
-MEANING_KEYS = (
-    "seed",
-    "main_task",
-    "env.benchmark",
-    "env.max_episode_steps",
-    "env.eval_goals",
-    "agent.variant",
-    "agent.hidden_dim",
-    "agent.num_layers",
-    "agent.task_embedding_dim",
-    "aggregator.name",
-    "aggregator.options",
-    "aggregator.critic_options",
-    "aggregator.actor_options",
-    "aggregator.aggregate_temperature",
-    "train.batch_size",
-    "train.replay_capacity",
-)
+__all__ = ["RunResult", "aggregator_seed", "checkpoint_policy", "eval_goal_set", "evaluate_run", "resolve_device", "train"]
 
 
 @dataclass(frozen=True)
@@ -78,22 +61,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use device=auto or cpu")
     return device
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and not key.endswith("options"):
-            out.update(_flat(value, full))
-        else:
-            out[full] = value
-    return out
-
-
-def differing_meaning_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flat(old), _flat(new)
-    return [k for k in MEANING_KEYS if a.get(k) != b.get(k)]
 
 
 #: Signals that stop a run with a checkpoint. SIGUSR2 is the time-limit signal submitit asks
@@ -126,14 +93,39 @@ def _signals(flag: _StopFlag) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+#: Spawn key of the aggregators' seeds, and each component's index under it.
+AGGREGATOR_SEED_KEY = 0x61676772  # "aggr"
+_COMPONENTS = ("critic", "actor", "temperature")
+
+
+def aggregator_seed(run_seed: int, component: str) -> int:
+    """The seed of an aggregator's own initial randomness (AuxiLearn's combiner) for one component
+    (``critic``, ``actor``, ``temperature``) of the run with seed ``run_seed``: a 32-bit word of
+    ``SeedSequence(run_seed, spawn_key=(AGGREGATOR_SEED_KEY, component index))``, so each run seed
+    and each component has its own."""
+    if component not in _COMPONENTS:
+        raise ValueError(f"component must be one of {', '.join(_COMPONENTS)}; got {component!r}")
+    sequence = np.random.SeedSequence(int(run_seed), spawn_key=(AGGREGATOR_SEED_KEY, _COMPONENTS.index(component)))
+    return int(sequence.generate_state(1)[0])
+
+
+def _aggregator_options(cfg: Config, component: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the component's overrides; an aggregator that takes a ``seed`` option gets
+    ``aggregator_seed(cfg.seed, component)`` unless the config sets one."""
+    options = {**cfg.aggregator.options, **overrides}
+    if "seed" in REGISTRY[cfg.aggregator.name].option_names() and options.get("seed") is None:
+        options["seed"] = aggregator_seed(cfg.seed, component)
+    return options
+
+
 def _build_aggregators(cfg: Config, num_tasks: int) -> dict[str, Aggregator]:
-    base = dict(cfg.aggregator.options)
+    agg = cfg.aggregator
     out = {
-        "critic": make(cfg.aggregator.name, num_tasks, **{**base, **cfg.aggregator.critic_options}),
-        "actor": make(cfg.aggregator.name, num_tasks, **{**base, **cfg.aggregator.actor_options}),
+        "critic": make(agg.name, num_tasks, **_aggregator_options(cfg, "critic", agg.critic_options)),
+        "actor": make(agg.name, num_tasks, **_aggregator_options(cfg, "actor", agg.actor_options)),
     }
-    if cfg.aggregator.aggregate_temperature:  # MTRL parity: the temperature loss aggregated too
-        out["temperature"] = make(cfg.aggregator.name, num_tasks, **{**base, **cfg.aggregator.actor_options})
+    if agg.aggregate_temperature:  # MTRL parity: the temperature loss aggregated too
+        out["temperature"] = make(agg.name, num_tasks, **_aggregator_options(cfg, "temperature", agg.actor_options))
     return out
 
 
@@ -172,16 +164,20 @@ def _hyper_batches(replay: MultiTaskReplay, batch_per_task: int, validation_task
     return HyperBatches(train=lambda: replay.sample(batch_per_task), val=val, val_tasks=rows)
 
 
-def make_env(cfg: Config, seed: int, evaluation: bool = False, goal_seed: int | None = None) -> MultiTaskEnv:
+def make_env(cfg: Config, seed: int, evaluation: bool = False, goal_seed: int | None = None, heldout_goals: bool = False) -> MultiTaskEnv:
     """One environment of ``cfg.env``: ``Point-<K>`` benchmarks are the synthetic point-mass tasks
     of ``mtrl.envs.synthetic``, everything else is MetaWorld (in ``env.workers`` processes when > 1).
-    Evaluation envs may end on success; ``goal_seed`` picks the MetaWorld goal set (default ``seed``)."""
+    Evaluation envs may end on success; ``goal_seed`` picks the MetaWorld goal set (default ``seed``),
+    ``heldout_goals`` the held-out set of that seed instead of its training set."""
     terminate = evaluation and cfg.env.eval_terminate_on_success
     if is_point_benchmark(cfg.env.benchmark):
         if cfg.env.workers > 1:
             raise ConfigError(f"env.workers: {cfg.env.workers} needs a MetaWorld benchmark; {cfg.env.benchmark} runs in process (env.workers: 1)")
         return PointMassEnv(cfg.env.benchmark, seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate)
-    options = dict(seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate, goal_seed=goal_seed)
+    options = dict(
+        seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate, goal_seed=goal_seed,
+        heldout_goals=heldout_goals,
+    )
     if cfg.env.workers > 1:
         return ParallelMultiTaskEnv(
             cfg.env.benchmark, workers=cfg.env.workers, local_shard=cfg.env.local_shard, spin_ms=cfg.env.spin_ms, **options,
@@ -189,23 +185,67 @@ def make_env(cfg: Config, seed: int, evaluation: bool = False, goal_seed: int | 
     return MultiTaskEnv(cfg.env.benchmark, **options)
 
 
-def eval_goal_seed(cfg: Config, goals: str | None = None) -> int:
-    """Seed of the evaluation goal set: the training env's for ``train`` (the default
-    ``env.eval_goals``), a disjoint set (another seed) for ``heldout``."""
+def eval_goal_set(cfg: Config, goals: str | None = None) -> dict[str, Any]:
+    """``make_env`` arguments of the evaluation goal set: the training env's for ``train`` (the
+    default ``env.eval_goals``), the held-out set of the run's seed for ``heldout`` (disjoint from
+    the training goals by construction, ``mtrl.envs.metaworld.heldout_goal_sets``)."""
     goals = cfg.env.eval_goals if goals is None else goals
     if goals not in ("train", "heldout"):
         raise ConfigError(f"evaluation goals must be one of train, heldout; got {goals!r}")
-    return cfg.seed if goals == "train" else cfg.seed + 10_000
+    return {"goal_seed": cfg.seed, "heldout_goals": goals == "heldout"}
 
 
 def build_envs(cfg: Config) -> tuple[MultiTaskEnv, MultiTaskEnv]:
     """The training environment and a separately seeded evaluation environment on the goal set
     ``env.eval_goals`` names."""
-    return make_env(cfg, cfg.seed), make_env(cfg, cfg.seed + 10_000, evaluation=True, goal_seed=eval_goal_seed(cfg))
+    return make_env(cfg, cfg.seed), make_env(cfg, cfg.seed + 10_000, evaluation=True, **eval_goal_set(cfg))
 
 
-def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool) -> dict[str, Any] | None:
-    """Create or validate the run directory; return the checkpoint to resume from, if any."""
+def _check_eval_goals(cfg: Config, state: dict[str, Any], run_dir: Path, changes: list[ConfigChange], force: bool) -> dict[str, Any] | None:
+    """A resumed run must evaluate on the goal set it evaluated on before. Runs started before
+    held-out goals were built disjoint evaluated ``heldout`` on the training goals of seed + 10000;
+    this version's held-out set is another one: refused unless ``force`` (returns the history
+    record to write then)."""
+    if is_point_benchmark(cfg.env.benchmark) or any(c.key in ("seed", "env.eval_goals", "env.benchmark") for c in changes):
+        return None  # no goal sets, or the change is already refused or recorded as forced
+    written = describe_goal_set(state["eval_env"])
+    goals = eval_goal_set(cfg)
+    expected = describe_goal_set({"goal_seed": [goals["goal_seed"]], "heldout_goals": [goals["heldout_goals"]]})
+    if written is None or written == expected:
+        return None
+    message = (
+        f"{run_dir}: its checkpoint's evaluation env drew goals from the {written}, this config's evaluation env "
+        f"(env.eval_goals: {cfg.env.eval_goals}) draws from the {expected}"
+    )
+    if cfg.env.eval_goals == "heldout":
+        message += (
+            f" (runs started before held-out goals were built disjoint from the training goals evaluated 'heldout' on the "
+            f"training goals of seed + 10000)"
+        )
+    if not force:
+        raise ConfigError(
+            f"{message}; evaluations after the resume would use other goals than those before. Start a new run, or "
+            f"--force to continue on the new goal set (recorded in {CONFIG_HISTORY})"
+        )
+    print(f"{message}; --force: evaluations continue on the {expected}", file=sys.stderr)
+    return {"key": "env.eval_goals", "old": cfg.env.eval_goals, "new": cfg.env.eval_goals, "change": "forced",
+            "note": f"evaluation goals: {written} -> {expected}"}
+
+
+def _refusal(run_dir: Path, refused: list[ConfigChange]) -> str:
+    listed = "; ".join(change.describe() for change in refused)
+    return (
+        f"run directory {run_dir} belongs to a different run: this config would change {listed}. These keys change the numbers "
+        f"a run produces; only {', '.join(RESUME_ALLOWED)} may change on resume. Use another --run-dir, or --force "
+        f"to continue with the new values anyway (recorded in {CONFIG_HISTORY})"
+    )
+
+
+def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool) -> tuple[dict[str, Any] | None, list[ConfigChange]]:
+    """Create or validate the run directory; return the checkpoint to resume from (if any) and how
+    ``cfg`` differs from the config the run has now (``config.yaml`` with its history applied).
+
+    A difference in a key outside ``RESUME_ALLOWED`` is refused unless ``force``."""
     saved_config = run_dir / "config.yaml"
     has_checkpoint = bool(ckpt.list_checkpoints(run_dir))
     if resume is None and saved_config.exists():
@@ -215,23 +255,65 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool
         )
     if resume not in (None, "auto") and not has_checkpoint:
         raise ckpt.CheckpointError(f"cannot resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}")
+    changes: list[ConfigChange] = []
     if saved_config.exists():
-        import yaml
-
-        old = yaml.safe_load(saved_config.read_text()) or {}
-        differing = differing_meaning_keys(old, config_to_dict(cfg))
-        if differing and not force:
-            raise ConfigError(
-                f"run directory {run_dir} belongs to a different run: {', '.join(differing)} differ from its "
-                f"config.yaml; use another --run-dir, or --force to continue anyway"
-            )
+        changes = config_changes(effective_config_dict(run_dir), config_to_dict(cfg))
+        refused = [change for change in changes if not change.allowed]
+        if refused and not force:
+            raise ConfigError(_refusal(run_dir, refused))
     if resume is not None and has_checkpoint:
         state, path = ckpt.load_latest(run_dir)
         print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
-        return state
-    for name in ("metrics.jsonl", "diagnostics.jsonl", "eval.csv"):  # a run killed before its first checkpoint restarts clean
+        return state, changes
+    # a run killed before its first checkpoint restarts clean, as the config it is started with now
+    for name in ("metrics.jsonl", "diagnostics.jsonl", "eval.csv", CONFIG_HISTORY, PROVENANCE):
         (run_dir / name).unlink(missing_ok=True)
-    return None
+    return None, []
+
+
+def _record_resume(
+    run_dir: Path, cfg: Config, changes: list[ConfigChange], entry: dict[str, Any], step: int, notes: list[str],
+    extra: list[dict[str, Any]],
+) -> None:
+    """Record a resume: every changed key in ``config_history.jsonl`` (allowed or forced), and in the
+    provenance ``entry`` whether the continuation is exact (``notes`` says why it may not be). A
+    change of device, or of the machine or software since the run's previous start, is warned about."""
+    previous = provenance.read_provenance(run_dir)
+    last = previous[-1] if previous else None
+    records = []
+    for change in changes:
+        record: dict[str, Any] = {"step": step, "key": change.key, "change": "allowed" if change.allowed else "forced", "time": entry["time"]}
+        if change.old is not ABSENT:
+            record["old"] = change.old
+        if change.new is not ABSENT:
+            record["new"] = change.new
+        records.append(record)
+    records += [{"step": step, **record, "time": entry["time"]} for record in extra]
+    forced = [r["key"] for r in records if r["change"] == "forced"]
+    if forced:
+        notes.append(f"forced changes: {', '.join(forced)}")
+    old_device = last.get("device") if last else None
+    if old_device is not None and old_device != entry["device"]:
+        device_record = next((r for r in records if r["key"] == "device"), None)
+        if device_record is None:  # the same setting (e.g. auto) resolved to another device
+            device_record = {"step": step, "key": "device", "old": cfg.device, "new": cfg.device, "change": "allowed", "time": entry["time"]}
+            records.append(device_record)
+        device_record.update(old_resolved=old_device, new_resolved=entry["device"])
+        warnings.warn(
+            f"{run_dir} ran on {old_device} and resumes on {entry['device']}: results differ between devices in "
+            f"their last bits, so this resume is not exact (recorded in {CONFIG_HISTORY} and {PROVENANCE})", stacklevel=3,
+        )
+    differ = [d for d in provenance.differences(last, entry) if not d.startswith("device:")] if last else []
+    if differ:
+        warnings.warn(
+            f"{run_dir} resumes with other software or hardware than its previous start ({'; '.join(differ)}): the "
+            f"continuation may differ in its last bits from an uninterrupted run (recorded in {PROVENANCE})", stacklevel=3,
+        )
+    if old_device is not None and old_device != entry["device"]:
+        notes.append(f"device: {old_device} -> {entry['device']}")
+    notes += differ
+    entry["resume"] = {"exact": not notes, "notes": notes}
+    append_jsonl(run_dir / CONFIG_HISTORY, records)
 
 
 def train(
@@ -248,7 +330,8 @@ def train(
     Args:
         resume: None (fresh run; the directory must not hold one), ``"auto"`` (resume when a
             checkpoint exists, else start fresh) or a path (resume, error if no checkpoint).
-        force: resume even if the config changes the run's meaning (MEANING_KEYS).
+        force: resume even if the config changes a key of the run's identity (any key outside
+            ``mtrl.config.RESUME_ALLOWED``); the change is recorded in ``config_history.jsonl``.
         checkpoint_writer: test hook passed to ``save_checkpoint``.
         envs: prebuilt (training, evaluation) environments matching ``cfg.env`` (tests share
             one MetaWorld build across runs); they are reset here and left open.
@@ -259,7 +342,10 @@ def train(
         if status.get("total_steps") == cfg.train.total_steps:
             print(f"{run_dir} is already finished ({status['step']} steps); nothing to do", file=sys.stderr)
             return RunResult(run_dir, int(status["step"]), False, status.get("last_success"))
-    state = _prepare_run_dir(cfg, run_dir, resume, force)
+    state, changes = _prepare_run_dir(cfg, run_dir, resume, force)
+    resumed = state is not None
+    resume_notes: list[str] = []  # why the continuation may not be exact
+    goal_record = _check_eval_goals(cfg, state, run_dir, changes, force) if resumed else None
     device = resolve_device(cfg.device)
     configure_allocator()
     tcfg = cfg.train
@@ -310,10 +396,12 @@ def train(
                 agg.load_state_dict(state["aggregators"][key])
         else:  # only reachable with --force: the new method starts from its initial state
             print("the aggregator changed (--force): its state starts fresh", file=sys.stderr)
+            resume_notes.append("the aggregator changed: its state started fresh")
         if "replay" in state:
             replay.load_state_dict(state["replay"])
         else:
             print("checkpoint holds no replay buffer: resuming with an empty one (not exact)", file=sys.stderr)
+            resume_notes.append("the checkpoint holds no replay buffer: resumed with an empty one")
         env.load_state_dict(state["env"])
         eval_env.load_state_dict(state["eval_env"])
         obs = state["obs"].numpy()
@@ -329,7 +417,16 @@ def train(
         state = None  # restored: free the loaded checkpoint (its replay alone is 0.34 GB on MT10)
     videos = TrainingVideos(cfg, env.task_names, run_dir)  # train.video_every; checks rendering works
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config or env error leaves no directory behind
-    save_config(cfg, run_dir / "config.yaml")
+    started = time.perf_counter()
+    entry = provenance.collect(device, event="resume" if resumed else "start", step=start_step)
+    if resumed:  # config.yaml keeps what the run started as; what changed goes into config_history.jsonl
+        _record_resume(run_dir, cfg, changes, entry, start_step, resume_notes, [goal_record] if goal_record else [])
+        if not (run_dir / "config.yaml").exists():  # lost: the config the run has now is the best description left
+            save_config(cfg, run_dir / "config.yaml")
+    else:
+        save_config(cfg, run_dir / "config.yaml")
+    entry["provenance_s"] = round(time.perf_counter() - started, 4)  # what recording it cost
+    provenance.record(run_dir, entry)
     logger = open_logger(MetricsLogger(run_dir, env.task_names, tensorboard=tcfg.tensorboard), cfg, run_dir)  # + W&B
     progress = ProgressLine(tcfg.total_steps, start_step, enabled=tcfg.progress)
     progress.last_success = last_success
@@ -487,7 +584,7 @@ def train(
         write_status(run_dir, "interrupted", step, tcfg.total_steps)
         print(
             f"\n{name} received: stopped after step {step}, checkpoint written to {path}. "
-            f"Continue with: mtrl train {run_dir / 'config.yaml'} --run-dir {run_dir} --resume {run_dir}",
+            f"Continue with: mtrl train --resume {run_dir}",
             file=sys.stderr,
         )
     else:
@@ -517,7 +614,7 @@ def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto", goals:
     state, path = ckpt.load_latest(run_dir)
     cfg = config_from_dict(state["config"])
     goals = cfg.env.eval_goals if goals is None else goals
-    env = make_env(cfg, cfg.seed + 20_000, evaluation=True, goal_seed=eval_goal_seed(cfg, goals))
+    env = make_env(cfg, cfg.seed + 20_000, evaluation=True, **eval_goal_set(cfg, goals))
     policy = checkpoint_policy(state, env.obs_dim, env.action_dim, env.num_tasks, device)
     result = evaluate(policy, env, episodes)
     env.close()

@@ -262,3 +262,91 @@ def test_report_diagnostics_equal_the_mean_of_the_logged_values(diag_runs):
     nash = data["nashmtl"]["critic"]
     assert f"{nash['conflict_first_third']:.2f} → {nash['conflict_last_third']:.2f}" in md
     assert "| ls | 1 |" in md  # the older run is still in the success tables
+
+
+# ---------------------------------------------------------------------------------------------
+# warnings: pooled runs that differ, versions, CIs over few runs
+# ---------------------------------------------------------------------------------------------
+def _edit_config(path, **changes):
+    import yaml
+
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    for key, value in changes.items():
+        node = config
+        *sections, name = key.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_report_warns_when_runs_of_one_method_differ_in_identity_keys(tmp_path, capsys):
+    a = make_run(tmp_path, "ls", 0, [(10, [0.5, 0.5])])
+    b = make_run(tmp_path, "ls", 1, [(10, [0.5, 1.0])])
+    make_run(tmp_path, "nashmtl", 0, [(10, [0.5, 1.0])])
+    _edit_config(a, **{"train.total_steps": 500, "train.log_every": 10})  # allowed keys: no warning
+    report([tmp_path], out=tmp_path / "out")
+    assert "pools runs whose configs differ" not in capsys.readouterr().err
+    _edit_config(b, **{"agent.critic_lr": 0.001})
+    (b / "config_history.jsonl").write_text(
+        json.dumps({"step": 5, "key": "agent.discount", "old": 0.99, "new": 0.9, "change": "forced"}) + "\n")
+    report([tmp_path], out=tmp_path / "out")
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "pools runs whose configs differ" in line)
+    assert line.startswith("warning: method ls ") and "agent.critic_lr = 0.0003 (1 run" in line and "0.001 (1 run" in line
+    assert "agent.discount = 0.99" in line  # the history counts: the run's config now
+    assert "seed =" not in line and "nashmtl" not in line  # seeds differ by design; other methods are not pooled
+    assert f"{b} was resumed with forced changes of agent.discount" in err
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Warnings" in md and "agent.critic_lr" in md
+
+
+def test_report_says_when_runs_come_from_different_torch_metaworld_or_mujoco(tmp_path, capsys):
+    for seed, torch_version in enumerate(["2.13.0", "2.13.0", "2.12.1"]):
+        path = make_run(tmp_path, "ls", seed, [(10, [0.5, 0.5])])
+        record = {"event": "start", "packages": {"torch": torch_version, "metaworld": "3.1.1", "mujoco": "3.3.0"}}
+        (path / "provenance.jsonl").write_text(json.dumps(record) + "\n")
+    report([tmp_path], out=tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "different torch versions: 2.12.1 (1 run:" in err and "2.13.0 (2 runs:" in err
+    assert "metaworld versions" not in err and "mujoco versions" not in err and "record no provenance" not in err
+    older = make_run(tmp_path, "ls", 3, [(10, [0.5, 0.5])])  # a run from before provenance.jsonl
+    report([tmp_path], out=tmp_path / "out")
+    assert f"1 run: {older} record no provenance" in capsys.readouterr().err
+
+
+def test_cis_over_fewer_than_five_runs_are_marked(tmp_path, capsys):
+    for seed in range(5):
+        make_run(tmp_path, "ls", seed, [(10, [0.1 * seed, 0.5])])
+    for seed in range(4):
+        make_run(tmp_path, "nashmtl", seed, [(10, [0.2 * seed, 0.5])])
+    stats = {s.label: s for s in report([tmp_path], out=tmp_path / "out")}
+    assert stats["nashmtl"].few_runs and not stats["ls"].few_runs
+    printed = capsys.readouterr().out
+    assert "nashmtl     4†" in printed and "ls          5 " in printed and "† fewer than 5 runs" in printed
+    md = (tmp_path / "out" / "report.md").read_text()
+    ls_row = next(line for line in md.splitlines() if line.startswith("| ls | 5 |"))
+    nash_row = next(line for line in md.splitlines() if line.startswith("| nashmtl | 4 |"))
+    assert "†" not in ls_row and nash_row.count("†") == 2
+    assert "] †" not in md and "]†" in md and "† fewer than 5 runs" in md
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["nashmtl"]["ci_fewer_than_min_runs"] is True
+
+
+def test_run_reading_flows_one_way_runs_then_inspection_then_report():
+    """mtrl.runs reads run directories for both; inspection never imports report (no import circle)."""
+    import ast
+    from pathlib import Path
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse((Path(__file__).resolve().parents[1] / "mtrl" / f"{module}.py").read_text())
+        names = set()
+        for node in ast.walk(tree):  # lazy imports inside functions count too
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        return names
+
+    assert "mtrl.report" not in imported("inspection") and "mtrl.runs" in imported("inspection")
+    assert not {"mtrl.report", "mtrl.inspection"} & imported("runs")
+    assert {"mtrl.runs", "mtrl.inspection"} <= imported("report")

@@ -14,7 +14,7 @@ import yaml
 
 from mtrl.aggregators import REGISTRY
 from mtrl.config import apply_overrides, config_from_dict
-from mtrl.train import build_envs, eval_goal_seed, train
+from mtrl.train import build_envs, train
 
 TINY = [
     "env.max_episode_steps=50",
@@ -85,15 +85,3 @@ def test_evaluation_env_draws_from_the_training_goals(mt10_envs):
     assert _goal_data(eval_env) == _goal_data(env)
     assert all(len(goals) == 50 for goals in env.goal_sets)
     assert eval_env._task_rngs[0].bit_generator.state != env._task_rngs[0].bit_generator.state
-
-
-def test_heldout_evaluation_goals_share_none_with_training():
-    cfg = config_from_dict({"seed": 2, "env": {"benchmark": "MT1-reach-v3", "eval_goals": "heldout"}})
-    env, eval_env = build_envs(cfg)
-    try:
-        assert env.goal_seed == 2 and eval_env.goal_seed == eval_goal_seed(cfg) == 10_002
-        assert not set(_goal_data(env)[0]) & set(_goal_data(eval_env)[0])
-    finally:
-        env.close()
-        eval_env.close()
-    assert eval_goal_seed(cfg, "train") == 2

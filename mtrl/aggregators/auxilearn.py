@@ -17,10 +17,15 @@ every loss [AL §3.2 "Monotonicity"].
 
 Combiners (``combiner``): ``"nonlinear"`` (default): fully connected, Softplus activations,
 ``num_layers`` hidden layers of ``hidden_dim`` units, weights initialised uniformly in
-``[0, init_upper]`` and biases at 0 (the released code's uniform [0, 1] initialisation); at
+``[0, init_upper]`` (drawn from ``seed``) and biases at 0 (the released code's uniform [0, 1]
+initialisation); at
 initialisation every auxiliary weight dg/dloss_j is then of the same order (about 10 for K = 10),
 i.e. the combiner starts close to LS and learns to lower harmful auxiliaries. ``"linear"``:
 ``g = sum_j phi_j loss_j`` with phi initialised to ``init_upper``.
+
+``seed``: None (the default) lets the trainer derive it from the run's seed and the component
+(``mtrl.train.aggregator_seed``), so every seed of a sweep, and critic and actor, start from their
+own combiner; an int fixes it (built outside the trainer, None means 0).
 
 With no main task (``ctx.main_task`` None) the skip term is the mean loss and L_A the mean
 held-out loss over all tasks: an extension, not the paper's setting (docs/aggregators.md, "Bilevel methods").
@@ -62,7 +67,7 @@ class AuxiLearn(Aggregator):
         neumann_lr: float = 1e-4,
         grad_clip: float | None = 25.0,
         holdout_every: int = 40,
-        seed: int = 0,
+        seed: int | None = None,
         max_norm: float | None = None,
     ) -> None:
         super().__init__(num_tasks)
@@ -71,7 +76,7 @@ class AuxiLearn(Aggregator):
             check_int(key, value, 1)
         check_int("neumann_terms", neumann_terms, 0)
         check_int("holdout_every", holdout_every, 2)
-        check_option("seed", seed, is_int(seed), "an int")
+        check_option("seed", seed, seed is None or is_int(seed), "an int or None (derived from the run's seed)")
         for key, value in (("init_upper", init_upper), ("meta_lr", meta_lr), ("neumann_lr", neumann_lr)):
             check_option(key, value, is_number(value) and value > 0, "a positive number")
         check_option("meta_momentum", meta_momentum, is_number(meta_momentum) and 0 <= meta_momentum < 1, "a number in [0, 1)")
@@ -102,7 +107,7 @@ class AuxiLearn(Aggregator):
         return out
 
     def _initial_phi(self) -> Tensor:
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(0 if self.seed is None else self.seed)
         blocks = []
         for kind, shape in self._shapes():
             if self.combiner == "linear":
