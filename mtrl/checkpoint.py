@@ -94,7 +94,10 @@ def save_checkpoint(
         os.replace(tmp, final)
         _fsync_dir(folder)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. a directory in the temp file's place: the write's error is the one to report
+            pass
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
         raise CheckpointError(f"could not write checkpoint {final}: {err}; the previous checkpoints are intact") from err

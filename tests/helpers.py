@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,3 +25,50 @@ def reach_controller(obs: np.ndarray) -> np.ndarray:
     """Move the reach hand (obs[:3]) straight to the goal (obs[36:39]); works row-wise on [K, 39]."""
     move = np.clip(10.0 * (obs[..., 36:39] - obs[..., :3]), -1.0, 1.0)
     return np.concatenate([move, np.zeros_like(move[..., :1])], axis=-1).astype(np.float32)
+
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def read_only_file_system(monkeypatch, root) -> None:
+    """Make the file system under ``root`` read-only for the rest of the test (or of a
+    ``monkeypatch.context()``), as a disk remounted read-only after an error is: opening a file
+    there to write, and creating, renaming, removing or truncating anything there, raise
+    ``OSError(EROFS)``; reading works, and creating what exists is still ``FileExistsError``, as
+    on Linux. Emulated because CI runs as root, whom directory permissions do not stop."""
+    root = Path(root).resolve()
+
+    def inside(path) -> bool:
+        return not isinstance(path, int) and Path(os.fspath(path)).resolve().is_relative_to(root)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+    real_open, real_os_open = builtins.open, os.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        if inside(file) and any(c in mode for c in "wax+"):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & _WRITE_FLAGS and inside(path):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def guard(name: str, paths: int):
+        real = getattr(os, name)
+
+        def guarded(*args, **kwargs):
+            hit = [p for p in args[:paths] if inside(p)]
+            if hit and not (name == "mkdir" and os.path.lexists(hit[0])):
+                refuse(hit[0])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, guarded)
+
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(io, "open", open_)  # pathlib's write_text and open
+    monkeypatch.setattr(os, "open", os_open)
+    for name, paths in (("replace", 2), ("rename", 2), ("remove", 1), ("unlink", 1), ("mkdir", 1), ("rmdir", 1), ("truncate", 1)):
+        guard(name, paths)

@@ -6,6 +6,7 @@ non-finite loss skips the step without touching the parameters."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -162,4 +163,13 @@ def test_acting_is_deterministic_without_noise_and_in_range():
     a1, a2 = agent.act(obs, deterministic=True), agent.act(obs, deterministic=True)
     assert a1.shape == (K, ACT) and torch.equal(a1, a2)
     noisy = agent.act(obs, generator=torch.Generator().manual_seed(0))
-    assert bool((noisy.abs() <= 1).all()) and not torch.equal(noisy, a1)
+    assert torch.equal(noisy, agent.act(obs, generator=torch.Generator().manual_seed(0)))
+    assert not torch.equal(noisy, agent.act(obs, generator=torch.Generator().manual_seed(1)))
+    # tanh(mu + sigma * eps), eps the generator's standard normal draw: with the log-std pinned to
+    # log 0.5, atanh(noisy) - atanh(deterministic) = 0.5 eps (float32 actions: atol 1e-4)
+    torch.manual_seed(0)
+    pinned = MTSAC(OBS, ACT, K, AgentConfig(hidden_dim=16, num_layers=2, log_std_min=math.log(0.5) - 1e-7, log_std_max=math.log(0.5) + 1e-7))
+    eps = torch.randn(K, ACT, generator=torch.Generator().manual_seed(0), dtype=torch.float32).double()
+    mean = pinned.act(obs, deterministic=True).double()
+    noisy = pinned.act(obs, generator=torch.Generator().manual_seed(0)).double()
+    torch.testing.assert_close(torch.atanh(noisy) - torch.atanh(mean), 0.5 * eps, rtol=0, atol=1e-4)

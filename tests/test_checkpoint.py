@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from mtrl import checkpoint
 from mtrl.checkpoint import CheckpointError, list_checkpoints, load_latest, save_checkpoint
 
 
@@ -79,16 +82,48 @@ def test_failing_writer_leaves_previous_checkpoint_intact_and_no_temp_file(tmp_p
     assert state["step"] == 1
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_directory_is_a_clear_error(tmp_path):
+FAULTS = {  # fault -> what the error says
+    "read_only_directory": "Permission denied",
+    "read_only_file_system_at_the_rename": "Read-only file system",
+    "directory_in_the_temp_files_place": "Is a directory",
+    "directory_in_the_checkpoints_place": "Is a directory",
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_write_the_file_system_refuses_is_a_clear_error_and_keeps_the_previous_checkpoint(fault, tmp_path, monkeypatch):
+    """Faults that also reach root, as CI runs (root ignores directory permissions): the kernel's
+    refusals root would not get are emulated (EACCES opening the temp file in a read-only
+    directory; EROFS renaming the complete temp file), the directories in the way are real."""
     save_checkpoint(tmp_path, 1, _state(1))
-    os.chmod(tmp_path / "checkpoints", 0o500)
-    try:
-        with pytest.raises(CheckpointError, match="previous checkpoints are intact"):
-            save_checkpoint(tmp_path, 2, _state(2))
-    finally:
-        os.chmod(tmp_path / "checkpoints", 0o700)
-    assert load_latest(tmp_path)[0]["step"] == 1
+    folder = tmp_path / "checkpoints"
+    first = (folder / "step_000000001.pt").read_bytes()
+    temp, final = folder / ".step_000000002.pt.tmp", folder / "step_000000002.pt"
+    if fault == "read_only_directory":
+        def refuse_open(path, *args, **kwargs):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+        monkeypatch.setattr(checkpoint, "open", refuse_open, raising=False)  # the default writer's open
+    elif fault == "read_only_file_system_at_the_rename":
+        def refuse_rename(src, dst):
+            assert Path(src) == temp and torch.load(src, weights_only=True)["step"] == 2  # written in full
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+
+        monkeypatch.setattr(os, "replace", refuse_rename)
+    elif fault == "directory_in_the_temp_files_place":
+        temp.mkdir()
+    else:
+        (final / "left").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=f"{FAULTS[fault]}.*; the previous checkpoints are intact"):
+        save_checkpoint(tmp_path, 2, _state(2))
+    monkeypatch.undo()
+    assert (folder / "step_000000001.pt").read_bytes() == first
+    assert not any(p.is_file() and p.name.endswith(".tmp") for p in folder.iterdir())  # the temp file is gone
+    if fault == "directory_in_the_checkpoints_place":
+        with pytest.warns(UserWarning, match="step_000000002.pt"):
+            assert load_latest(tmp_path)[0]["step"] == 1
+    else:
+        assert load_latest(tmp_path)[0]["step"] == 1
 
 
 class Custom:

@@ -3,8 +3,9 @@ SIGTERM at any step, and resumed produces the same eval.csv, logged losses and b
 final parameters as the uninterrupted run, also when the checkpoint falls in the middle of an
 episode and when the environments run in worker processes.
 
-Runs are subprocesses of the real CLI. The synthetic ``Point-3`` benchmark keeps each run to a
-few seconds; the MetaWorld tests run a shortened ``configs/quick.yaml`` (MT10).
+Runs are subprocesses of the real CLI, but for one MetaWorld crash-and-resume in process. The
+synthetic ``Point-3`` benchmark keeps each run to a few seconds; the MetaWorld tests run a
+shortened ``configs/quick.yaml`` (MT10).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 import yaml
 
 from mtrl.checkpoint import list_checkpoints, load_latest
+from mtrl.config import config_from_dict
+from mtrl.train import build_envs, train
 
 POINT = {
     "name": "resume",
@@ -229,6 +232,43 @@ def test_metaworld_sigterm_to_the_process_group_mid_episode_with_two_workers_res
     assert resumed.returncode == 0, stderr[-3000:]
     assert _group_gone(resumed.pid)
     _assert_same_runs(run, quick_straight)
+
+
+def test_metaworld_crash_after_a_mid_episode_checkpoint_resumes_bit_exactly(tmp_path):
+    """A MetaWorld resume from a checkpoint inside an episode cheap enough for the default suite
+    (about 20 s on one core): in process, on one MT10 build, a run that crashes while writing its
+    second checkpoint (a KeyboardInterrupt from the checkpoint writer at step 140, after it logged
+    the evaluation at step 80) resumes from its first, at step 70, where every task is 30 steps into
+    its second 40-step episode, and ends like the uninterrupted run: the same eval.csv and logged
+    losses, bit-identical parameters. The crashed run's envs are reused as it left them: only the
+    checkpoint restores them."""
+    data = yaml.safe_load(_quick_config(tmp_path / "config.yaml", workers=1).read_text())
+    data["train"].update(total_steps=160, eval_every=80)
+    cfg = config_from_dict(data)
+    envs = build_envs(cfg)
+    try:
+        fresh = [env.state_dict() for env in envs]
+        train(cfg, tmp_path / "straight", envs=envs)
+        for env, state in zip(envs, fresh):
+            env.load_state_dict(state)
+        run = tmp_path / "run"
+
+        def crash_at_the_second_checkpoint(path: Path, save) -> None:
+            if list_checkpoints(run):
+                raise KeyboardInterrupt
+            with open(path, "wb") as handle:
+                save(handle)
+
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, run, envs=envs, checkpoint_writer=crash_at_the_second_checkpoint)
+        state, _ = load_latest(run)
+        assert state["step"] == 70 and bool((state["env"]["episode_step"] == 70 % QUICK_EPISODE).all())
+        assert "\n80," in (run / "eval.csv").read_text()  # logged after the checkpoint: the resume cuts it off
+        train(cfg, run, resume=str(run), envs=envs)
+    finally:
+        for env in envs:
+            env.close()
+    _assert_same_runs(run, tmp_path / "straight")
 
 
 @pytest.mark.slow

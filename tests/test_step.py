@@ -17,10 +17,11 @@ import torch
 
 from mtrl.agents.mtsac import MTSAC
 from mtrl.benchmarks.profiling import count_step
+from mtrl.benchmarks.update import random_batch
 from mtrl.aggregators import make
 from mtrl.config import AgentConfig
 from mtrl.metrics import read_metrics
-from tests.test_agent import ACT, K, OBS, make_batch
+from tests.test_agent import ACT, K, OBS, NoStep, make_batch
 
 
 def make_agent(**options) -> MTSAC:
@@ -69,18 +70,43 @@ def test_the_metrics_of_an_update_are_device_tensors_read_in_one_place():
     json.dumps(values)  # plain numbers only
 
 
-def test_ops_per_update_stay_well_below_the_eager_loop_of_before():
-    """This small agent's LS update issued 407 compute-like ops with per-parameter Adam, a vmapped
-    loss and a per-tensor Polyak loop (the parent commit, counted the same way); fused Adam, the
-    batched loss and foreach updates bring it to about 246 (the paper-size agent: 482 -> 261)."""
-    agent = make_agent()
-    critic, actor = make("ls", K), make("ls", K)
+def _ops_per_update(method: str, num_tasks: int, num_layers: int, steps_only_networks: bool = False) -> float:
+    """Compute-like ops of one update (a non-log step) on ``num_tasks`` tasks with ``num_layers``
+    hidden layers. ``steps_only_networks``: the Adam steps and the Polyak update left out (optimizers
+    that do nothing, and no target update in the counted steps): what remains are the network
+    passes, the losses and the aggregation."""
+    torch.manual_seed(0)
+    every = 10**6 if steps_only_networks else 1  # step 0, the uncounted warm-up, still updates the targets
+    config = AgentConfig(hidden_dim=16, num_layers=num_layers, target_update_every=every)
+    agent = MTSAC(39, 4, num_tasks, config)  # random_batch's MetaWorld sizes
+    if steps_only_networks:
+        agent.actor_optimizer = agent.critic_optimizer = agent.alpha_optimizer = NoStep()
+    critic, actor = make(method, num_tasks), make(method, num_tasks)
+    batch = random_batch(num_tasks, 8, torch.device("cpu"))
+    gens = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
 
     def step(i: int) -> None:
-        agent.update(make_batch(i), i, critic, actor, generator=torch.Generator().manual_seed(i))
+        agent.update(batch, i, critic, actor, generator=gens[0], aggregator_generator=gens[1])
 
     step(0)
-    assert count_step(step, 1, 2)["ops_per_update"] <= 0.65 * 407
+    return count_step(step, 1, 2)["ops_per_update"]
+
+
+@pytest.mark.parametrize("method", ["ls", "nashmtl"])
+def test_an_update_issues_as_many_ops_for_ten_tasks_as_for_three(method):
+    """The losses are batched over tasks and the default engine builds G in one pass: no op is
+    issued per task (a per-task loss loop, or G by K autograd calls, grows the count with K)."""
+    assert _ops_per_update(method, 10, 2) == _ops_per_update(method, 3, 2)
+
+
+def test_adam_and_the_polyak_update_issue_no_op_per_parameter_tensor():
+    """Two more hidden layers add 4 parameter tensors to each of the actor, the two Q networks and
+    their targets. The update must grow by exactly what its network passes grow by: fused Adam and
+    ``_foreach_lerp_`` are one op whatever the number of tensors (torch's per-parameter Adam issues
+    8 ops per tensor, a per-tensor Polyak loop 1)."""
+    grows = _ops_per_update("ls", K, 4) - _ops_per_update("ls", K, 2)
+    networks_grow = _ops_per_update("ls", K, 4, steps_only_networks=True) - _ops_per_update("ls", K, 2, steps_only_networks=True)
+    assert networks_grow > 0 and grows == networks_grow
 
 
 # ---- the compiled update ------------------------------------------------------------------------

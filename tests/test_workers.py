@@ -244,7 +244,8 @@ def test_other_start_methods_and_no_spinning_give_the_same_steps(start_method, s
     reference = MultiTaskEnv("MT1-reach-v3", seed=2, max_episode_steps=10)
     env = ParallelMultiTaskEnv("MT1-reach-v3", seed=2, workers=1, max_episode_steps=10, start_method=start_method, spin_ms=spin_ms)
     try:
-        assert env.spin_s == (0.0 if spin_ms == 0 or (os.cpu_count() or 1) < 2 else spin_ms / 1000)
+        # one worker and this process waiting beside it: two stepping processes on the usable cores
+        assert env.spin_s == (0.0 if spin_ms == 0 or _usable_cores() < 2 else spin_ms / 1000)
         assert np.array_equal(env.reset(), reference.reset())
         actions = uniform_actions(reference, 15, seed=0)
         for x, y in zip(play(env, actions), play(reference, actions)):
@@ -290,8 +291,32 @@ def test_spinning_finds_answers_and_closed_pipes_and_gives_up_after_its_budget()
                 os.close(fd)
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on: its affinity mask (a container's cpuset or taskset can make
+    it smaller than ``os.cpu_count()``), or the CPU count where there is no mask."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def test_spinning_is_off_when_stepping_processes_outnumber_the_cores(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine's count: not what the process may use
     assert _spin_limit(5.0, 2) == 0.005  # a local shard and one worker on two cores
     assert _spin_limit(5.0, 3) == 0.0  # two workers and a waiting parent
     assert _spin_limit(0.0, 1) == 0.0
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert _spin_limit(5.0, 2) == 0.005
+
+
+def test_an_env_confined_to_one_core_does_not_spin(monkeypatch):
+    """A worker and this process on a one-core affinity mask of a 64-core machine: no spinning."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    env = ParallelMultiTaskEnv("MT1-reach-v3", seed=0, workers=1, max_episode_steps=10, start_method="fork", spin_ms=5.0)
+    try:
+        assert env.spin_s == 0.0
+        assert env.reset().shape == (1, 39)
+    finally:
+        env.close()

@@ -332,7 +332,8 @@ def test_auxinash_descent_on_quadratics():  # A11
         before = 0.5 * ((theta - centres) ** 2).sum(1).mean()
         theta = theta - mu * out.direction
         after = 0.5 * ((theta - centres) ** 2).sum(1).mean()
-        assert before - after >= L * mu**2 / 2 - 1e-12
+        # an equality here (1-smooth quadratics, sum p = 1): the slack is the rounding of losses of size `before`
+        assert before - after >= L * mu**2 / 2 - 1e-12 * before
     assert checked >= 1
 
 

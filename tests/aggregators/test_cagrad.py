@@ -135,7 +135,8 @@ def test_cagrad_fast_rows_g0_and_surrogate():  # C13
     assert abs(float((d - g0).norm()) - 0.5 * float(g0.norm())) < 1e-8 * float(g0.norm())
     for trial in range(20):  # surrogate worst case >= true worst case, for any d
         v = torch.randn(G.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(trial))
-        assert float(min((pseudo @ v).min(), 1e300)) >= float((G @ v).min()) - 1e-12
+        # equal when a sampled row is the minimum, through two products whose rounding scales with |G| |v|
+        assert float(min((pseudo @ v).min(), 1e300)) >= float((G @ v).min()) - 1e-12 * float((G.abs() @ v.abs()).max())
     # the same choice through a full G gives the same direction
     full = make("cagrad_fast", num_tasks=K, num_sampled=S, c=0.5, rescale=0)
     out_full = full(G, AggContext(step=0, task_ids=torch.arange(K), generator=torch.Generator().manual_seed(0)))
