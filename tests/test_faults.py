@@ -178,7 +178,7 @@ def test_a_read_only_run_directory_is_a_clear_error_that_changes_nothing(straigh
 def test_checkpoint_holds_what_exact_resume_needs(straight):
     state, _ = load_latest(straight)
     for key in ("agent", "aggregators", "replay", "env", "eval_env", "obs", "generators", "rng", "step",
-                "update_step", "episodes", "config", "metric_offsets", "perf"):
+                "update_step", "episodes", "skipped", "unstable", "config", "metric_offsets", "perf"):
         assert key in state, key
     assert set(state["agent"]) == {"model", "actor_optimizer", "critic_optimizer", "alpha_optimizer"}
     assert state["aggregators"]["critic"]["step"] > 0
