@@ -55,7 +55,8 @@ class EnvConfig:
             Any value gives the same trajectories; the evaluation env uses as many.
         local_shard: with ``workers`` N > 1, the training process steps one of the N shares of
             the tasks itself while N - 1 worker processes step the others (it would otherwise
-            wait idle; measured faster, ``envs/workers.py``); false: N worker processes.
+            wait idle; measured faster, ``envs/workers.py``); false: N worker processes. Not for
+            the training env with ``overlap``.
         spin_ms: with ``workers`` > 1, how long a waiting process polls its pipe before it
             sleeps (the budget adapts; 0: sleep at once). Waking a sleeping process costs up to
             milliseconds on a VM; off by itself when the stepping processes outnumber the cores
@@ -66,9 +67,11 @@ class EnvConfig:
             (``step_wait``), before step t's log, evaluation and checkpoint. Needs
             ``train.replay_delay: 1`` (the update of step t cannot sample transition t, which is
             still being collected); with it, a run gives the same results bit for bit with or
-            without overlap, and its checkpoints resume either way. The local shard
-            (``local_shard``) steps after the update is launched: on a GPU while the device
-            computes, on a CPU after the update (``docs/benchmarks.md``).
+            without overlap, and its checkpoints resume either way. The training env then steps
+            every shard in a worker process (``workers`` of them, at least one; ``local_shard``
+            applies to the evaluation env only): this process is busy with the update meanwhile,
+            on a CPU with its arithmetic, on a GPU with launching its kernels
+            (``docs/benchmarks.md``).
     """
 
     benchmark: str = "MT10"

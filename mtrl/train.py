@@ -181,9 +181,13 @@ def make_env(cfg: Config, seed: int, evaluation: bool = False, goal_seed: int | 
             raise ConfigError(f"env.workers: {cfg.env.workers} needs a MetaWorld benchmark; {cfg.env.benchmark} runs in process (env.workers: 1)")
         return PointMassEnv(cfg.env.benchmark, seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate)
     options = dict(seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate, goal_seed=goal_seed)
-    if cfg.env.workers > 1:
+    # env.overlap: this process runs the update while the training env steps, so every shard of that
+    # env steps in a worker process (env.workers of them, at least one; docs/benchmarks.md)
+    all_in_workers = cfg.env.overlap and not evaluation
+    if cfg.env.workers > 1 or all_in_workers:
         return ParallelMultiTaskEnv(
-            cfg.env.benchmark, workers=cfg.env.workers, local_shard=cfg.env.local_shard, spin_ms=cfg.env.spin_ms, **options,
+            cfg.env.benchmark, workers=cfg.env.workers, local_shard=cfg.env.local_shard and not all_in_workers,
+            spin_ms=cfg.env.spin_ms, **options,
         )
     return MultiTaskEnv(cfg.env.benchmark, **options)
 
