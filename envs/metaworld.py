@@ -58,6 +58,7 @@ __all__ = [
     "MultiTaskEnv", "StepResult", "benchmark_task_names", "disjoint_goal_sets", "end_of_step", "heldout_goal_sets",
     "heldout_seed", "task_goal_sets",
     "rng_state_to_tensor", "rng_state_from_tensor", "select_tasks", "join_tasks", "to_tensors", "from_tensors",
+    "AsyncStepping", "StepInFlightError",
 ]
 
 MAX_PATH_LENGTH = 500  # MetaWorld v3 refuses to step past this
@@ -119,6 +120,55 @@ def end_of_step(
         terminated=terminated, truncated=truncated, episode_done=terminated | truncated,
         episode_success=succeeded.copy(), episode_return=returns.copy(),
     )
+
+
+class StepInFlightError(RuntimeError):
+    """A request reached an env whose step was launched (``step_async``) and not yet gathered."""
+
+
+class AsyncStepping:
+    """``step_async`` / ``step_wait``, the launch and the gather of one ``step``, for every env of
+    this package (the trainer's ``env.overlap``: the envs step while the learner updates).
+
+    Between the two calls a step is in flight: ``step``, ``step_async``, ``reset``, ``state_dict``
+    and ``load_state_dict`` raise ``StepInFlightError`` (an env state or an evaluation taken then
+    would belong to no step), and ``step_wait`` is the only way on. An env that steps in this
+    process (this class's own methods) does the whole step in ``step_wait``: what runs between
+    the two calls (an update launched on a GPU) runs before it, and the same actions give the
+    same ``StepResult`` as ``step``. ``ParallelMultiTaskEnv`` launches its worker processes in
+    ``step_async``."""
+
+    _pending_actions: np.ndarray | None = None
+
+    def _idle(self, request: str) -> None:
+        """Raise ``StepInFlightError`` if a step is in flight (``request`` names the refused call)."""
+        if self._pending_actions is not None:
+            raise StepInFlightError(
+                f"{type(self).__name__}.{request}: a step is in flight (step_async without step_wait); "
+                f"call step_wait() first"
+            )
+
+    def _checked_actions(self, actions: np.ndarray) -> np.ndarray:
+        actions = np.array(actions, dtype=np.float32)  # a copy: the caller may reuse its array before step_wait
+        if actions.shape != (self.num_tasks, self.action_dim):
+            raise ValueError(f"actions must have shape {(self.num_tasks, self.action_dim)}, got {actions.shape}")
+        return actions
+
+    @property
+    def step_in_flight(self) -> bool:
+        return self._pending_actions is not None
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Launch ``step(actions)``; ``step_wait`` returns its result."""
+        self._idle("step_async")
+        self._pending_actions = self._checked_actions(actions)
+
+    def step_wait(self) -> StepResult:
+        """The result of the step ``step_async`` launched."""
+        if self._pending_actions is None:
+            raise StepInFlightError(f"{type(self).__name__}.step_wait: no step in flight; call step_async(actions) first")
+        actions, self._pending_actions = self._pending_actions, None
+        return self.step(actions)
 
 
 def benchmark_task_names(benchmark: str) -> list[str]:
@@ -424,8 +474,9 @@ def describe_goal_set(state: dict) -> str | None:
     return f"{kind} goal set of seed {seeds[0] if len(seeds) == 1 else seeds}"
 
 
-class MultiTaskEnv:
-    """K MetaWorld tasks stepped in lock-step (see the module docstring).
+class MultiTaskEnv(AsyncStepping):
+    """K MetaWorld tasks stepped in lock-step (see the module docstring); ``step_async`` /
+    ``step_wait`` as ``AsyncStepping``.
 
     Args:
         benchmark: "MT10", "MT50" or "MT1-<task>".
@@ -508,12 +559,14 @@ class MultiTaskEnv:
 
     def reset(self) -> np.ndarray:
         """Start a new episode on every task; returns observations [K, obs_dim] float32."""
+        self._idle("reset")
         for k in range(self.num_tasks):
             self._reset_task(k)
         return self._obs.copy()
 
     # ---- stepping -------------------------------------------------------------------------
     def step(self, actions: np.ndarray) -> StepResult:
+        self._idle("step")
         actions = np.asarray(actions, dtype=np.float32)  # [K, A]
         if actions.shape != (self.num_tasks, self.action_dim):
             raise ValueError(f"actions must have shape {(self.num_tasks, self.action_dim)}, got {actions.shape}")
@@ -546,6 +599,7 @@ class MultiTaskEnv:
     # ---- checkpoints ----------------------------------------------------------------------
     def numpy_state(self) -> dict:
         """``state_dict`` in numpy (what worker processes send); every value is per task."""
+        self._idle("state_dict")
         started = self._started.copy()
         return {
             "task_rng": np.stack([_rng_words(rng.bit_generator.state) for rng in self._task_rngs]),
@@ -572,6 +626,7 @@ class MultiTaskEnv:
 
     def load_numpy_state(self, state: dict) -> np.ndarray:
         """``load_state_dict`` from a ``numpy_state``; returns the observations [K, obs_dim]."""
+        self._idle("load_state_dict")
         K = len(state["task_rng"])
         if K != self.num_tasks:
             raise ValueError(f"environment state is for {K} tasks, this env has {self.num_tasks}")

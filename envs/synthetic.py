@@ -12,7 +12,8 @@ to the goal, success a distance below 0.15. Episodes end by truncation after
 ``max_episode_steps`` (default 30) steps, like MetaWorld's. SAC learns it in about a thousand
 steps on a CPU, which makes it the learning check of the test suite.
 
-It follows the same interface as ``mtrl.envs.metaworld.MultiTaskEnv``.
+It follows the same interface as ``mtrl.envs.metaworld.MultiTaskEnv`` (``step_async`` / ``step_wait``
+included).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import re
 import numpy as np
 import torch
 
-from mtrl.envs.metaworld import StepResult, end_of_step, rng_state_from_tensor, rng_state_to_tensor
+from mtrl.envs.metaworld import AsyncStepping, StepResult, end_of_step, rng_state_from_tensor, rng_state_to_tensor
 
 __all__ = ["PointMassEnv", "is_point_benchmark"]
 
@@ -34,7 +35,7 @@ def is_point_benchmark(benchmark: str) -> bool:
     return bool(_PATTERN.match(benchmark))
 
 
-class PointMassEnv:
+class PointMassEnv(AsyncStepping):
     """K point-mass reaching tasks stepped in lock-step; see the module docstring."""
 
     obs_dim = 4
@@ -70,10 +71,12 @@ class PointMassEnv:
         self._return[mask] = 0.0
 
     def reset(self) -> np.ndarray:
+        self._idle("reset")
         self._reset_tasks(np.ones(self.num_tasks, dtype=bool))
         return self._state.copy()
 
     def step(self, actions: np.ndarray) -> StepResult:
+        self._idle("step")
         actions = np.asarray(actions, dtype=np.float32)
         if actions.shape != (self.num_tasks, self.action_dim):
             raise ValueError(f"actions must have shape {(self.num_tasks, self.action_dim)}, got {actions.shape}")
@@ -92,6 +95,7 @@ class PointMassEnv:
         return StepResult(obs=self._state.copy(), next_obs=next_obs, reward=reward, success=success, unstable=unstable, **ends)
 
     def state_dict(self) -> dict:
+        self._idle("state_dict")
         return {
             "rng": rng_state_to_tensor(self._rng.bit_generator.state),
             "sim": torch.from_numpy(self._state.copy()),
@@ -101,6 +105,7 @@ class PointMassEnv:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        self._idle("load_state_dict")
         if state["sim"].shape[0] != self.num_tasks:
             raise ValueError(f"environment state is for {state['sim'].shape[0]} tasks, this env has {self.num_tasks}")
         self._rng.bit_generator.state = rng_state_from_tensor(state["rng"])

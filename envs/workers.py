@@ -50,6 +50,14 @@ How it talks (the pattern of gymnasium's ``AsyncVectorEnv``, written for this in
   have covered restores it, so a trainer whose updates keep the workers waiting for tens of
   milliseconds costs them no spinning. With more stepping processes than usable cores spinning
   would take a core from a worker, so the env then blocks only.
+* **launch and gather** (``step_async`` / ``step_wait``, the trainer's ``env.overlap``):
+  ``step_async`` writes the actions and sends ``step`` to the workers and returns; the workers
+  step while the caller does something else (the update); ``step_wait`` steps the local shard,
+  then gathers the answers. ``step`` is the two in a row. Until the gather every other request
+  raises ``StepInFlightError``: the next command would otherwise be answered with the answer to
+  ``step``, and the shared action rows are the workers' until then. A worker answers ``step``
+  with the seconds it spent stepping, so ``last_step_s`` says how long the slowest shard
+  stepped, whatever the caller did meanwhile.
 * **errors, never a hang**: the parent waits on the pipes and the process sentinels with a
   timeout. A worker that raises, dies (e.g. SIGKILL) or does not answer in time raises
   ``EnvWorkerError`` naming the worker and its tasks; the other workers are shut down and the
@@ -73,8 +81,8 @@ import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
 from mtrl.envs.metaworld import (
-    MultiTaskEnv, StepResult, _check_episode_steps, benchmark_task_names, from_tensors, join_tasks, select_tasks,
-    heldout_goal_sets, task_goal_sets, to_tensors,
+    AsyncStepping, MultiTaskEnv, StepInFlightError, StepResult, _check_episode_steps, benchmark_task_names, from_tensors,
+    heldout_goal_sets, join_tasks, select_tasks, task_goal_sets, to_tensors,
 )
 from mtrl.envs.task_costs import STEP_MS
 
@@ -191,6 +199,7 @@ def _worker(conn, env_kwargs: dict, goal_sets, buffers: dict, layout: dict, spin
         except (EOFError, OSError):  # the parent is gone
             break
         spin.learn(time.perf_counter() - started)
+        begun = time.perf_counter()
         if command == "close":
             break
         try:
@@ -199,6 +208,7 @@ def _worker(conn, env_kwargs: dict, goal_sets, buffers: dict, layout: dict, spin
                 result = env.step(views["actions"][mine])
                 for name in _RESULT_FIELDS:
                     views[name][mine] = getattr(result, name)
+                reply = time.perf_counter() - begun  # this shard's stepping time (``last_step_s``)
             elif command == "reset":
                 views["obs"][mine] = env.reset()
             elif command == "state":
@@ -234,7 +244,7 @@ def _shutdown(processes: list, conns: list) -> None:
         conn.close()
 
 
-class ParallelMultiTaskEnv:
+class ParallelMultiTaskEnv(AsyncStepping):
     """The tasks of a MetaWorld benchmark in ``workers`` processes (see the module docstring).
 
     Args:
@@ -294,6 +304,7 @@ class ParallelMultiTaskEnv:
         self._processes: list = []
         self._conns: list = []
         self._error: str | None = None
+        self.last_step_s = 0.0  # the slowest shard's own stepping time in the latest step (module docstring)
         # runs on close(), on garbage collection and at interpreter exit, before multiprocessing's
         # own exit handler (which would SIGTERM the workers, which they ignore, and join forever)
         self._finalizer = multiprocessing.util.Finalize(self, _shutdown, args=(self._processes, self._conns), exitpriority=10)
@@ -340,6 +351,13 @@ class ParallelMultiTaskEnv:
     def _request(self, command: str, payloads: list | None = None, local: Callable[[], Any] | None = None) -> list:
         """Send ``command`` to every worker, run ``local`` (the local shard's part) meanwhile,
         then gather the answers; returns the workers' payloads and, last, ``local()``'s result."""
+        self._send(command, payloads)
+        return self._finish(command, local)
+
+    def _send(self, command: str, payloads: list | None = None) -> None:
+        """Send ``command`` (with ``payloads[w]`` to worker ``w``) to every worker; ``_finish``
+        reads the answers."""
+        self._idle(command)
         if self._error is not None:
             raise EnvWorkerError(f"the env workers were shut down after an earlier error: {self._error.splitlines()[0]}")
         if not self._finalizer.still_active():
@@ -350,6 +368,15 @@ class ParallelMultiTaskEnv:
                     conn.send((command, None if payloads is None else payloads[w]))
                 except (BrokenPipeError, OSError):
                     pass  # a dead worker: _gather reports it
+        except (KeyboardInterrupt, SystemExit):  # some workers have it, some not: their answers would be out of step
+            self._error = f"interrupted while sending {command!r} to the env workers"
+            self._finalizer()
+            raise
+
+    def _finish(self, command: str, local: Callable[[], Any] | None = None) -> list:
+        """Run ``local`` while the workers work on ``command``, then gather their answers:
+        the workers' payloads and, last, ``local()``'s result."""
+        try:
             try:
                 mine = None if local is None else local()
             except Exception as error:  # the workers' answers would answer the next command
@@ -430,18 +457,37 @@ class ParallelMultiTaskEnv:
         return self._views["obs"].copy()
 
     def step(self, actions: np.ndarray) -> StepResult:
-        actions = np.asarray(actions, dtype=np.float32)  # [K, A]
-        if actions.shape != (self.num_tasks, self.action_dim):
-            raise ValueError(f"actions must have shape {(self.num_tasks, self.action_dim)}, got {actions.shape}")
+        self._idle("step")
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Launch a step: the worker processes start on their tasks and this returns at once
+        (module docstring); ``step_wait`` steps the local shard and returns the result."""
+        self._idle("step_async")  # in flight, the action rows are the workers'
+        actions = self._checked_actions(actions)  # [K, A]
         self._views["actions"][:] = actions
+        self._send("step")
+        self._pending_actions = actions
+
+    def step_wait(self) -> StepResult:
+        """The local shard's step (if any), then the workers' answers: the ``StepResult``."""
+        if self._pending_actions is None:
+            raise StepInFlightError("ParallelMultiTaskEnv.step_wait: no step in flight; call step_async(actions) first")
+        actions, self._pending_actions = self._pending_actions, None
         mine = self._local_tasks
+        local_s = 0.0
 
         def step_local(env: MultiTaskEnv) -> None:  # as a worker does (_worker)
+            nonlocal local_s
+            begun = time.perf_counter()
             result = env.step(actions[mine])
             for name in _RESULT_FIELDS:
                 self._views[name][mine] = getattr(result, name)
+            local_s = time.perf_counter() - begun
 
-        self._request("step", local=self._on_local(step_local))
+        *worker_s, _ = self._finish("step", local=self._on_local(step_local))
+        self.last_step_s = max([local_s, *worker_s])
         return StepResult(**{name: self._views[name].copy() for name in _RESULT_FIELDS})
 
     def state_dict(self) -> dict:

@@ -66,11 +66,23 @@ class EnvConfig:
             Any value gives the same trajectories; the evaluation env uses as many.
         local_shard: with ``workers`` N > 1, the training process steps one of the N shares of
             the tasks itself while N - 1 worker processes step the others (it would otherwise
-            wait idle; measured faster, ``envs/workers.py``); false: N worker processes.
+            wait idle; measured faster, ``envs/workers.py``); false: N worker processes. Not for
+            the training env with ``overlap``.
         spin_ms: with ``workers`` > 1, how long a waiting process polls its pipe before it
             sleeps (the budget adapts; 0: sleep at once). Waking a sleeping process costs up to
             milliseconds on a VM; off by itself when the stepping processes outnumber the cores
             (``envs/workers.py``). Never changes a result.
+        overlap: step the environments while the learner updates: the action of step t comes
+            from the current policy, the envs step it (``step_async``) while the update of step t
+            samples and trains, and transition t enters the replay when the envs answer
+            (``step_wait``), before step t's log, evaluation and checkpoint. Needs
+            ``train.replay_delay: 1`` (the update of step t cannot sample transition t, which is
+            still being collected); with it, a run gives the same results bit for bit with or
+            without overlap, and its checkpoints resume either way. The training env then steps
+            every shard in a worker process (``workers`` of them, at least one; ``local_shard``
+            applies to the evaluation env only): this process is busy with the update meanwhile,
+            on a CPU with its arithmetic, on a GPU with launching its kernels
+            (``docs/benchmarks.md``).
     """
 
     benchmark: str = "MT10"
@@ -80,6 +92,7 @@ class EnvConfig:
     workers: int = 1
     local_shard: bool = True
     spin_ms: float = 5.0
+    overlap: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,6 +197,11 @@ class TrainConfig:
         batch_size: total batch over tasks (1280 = 128 per task on MT10); must be divisible by
             the number of tasks.
         warmup_steps: steps with uniform random actions and no updates.
+        replay_delay: 0 (default) or 1. 0: the transition of step t is stored before step t's
+            update, which may sample it. 1: it is stored after that update (a one-step delay of
+            the replay's content; the policy is never stale), which ``env.overlap`` needs and which
+            changes results against 0. With 1 and ``warmup_steps: 0`` the first update comes at
+            step 1, when the replay holds a transition.
         replay_capacity: total replay capacity over tasks (split evenly).
         eval_every: evaluate every N steps (and at the end).
         eval_episodes: evaluation episodes per task.
@@ -199,6 +217,7 @@ class TrainConfig:
     total_steps: int = 2_000_000
     batch_size: int = 1280
     warmup_steps: int = 1500
+    replay_delay: int = 0
     replay_capacity: int = 1_000_000
     eval_every: int = 10_000
     eval_episodes: int = 10
@@ -292,6 +311,13 @@ def _check_values(cfg: Config) -> None:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {flat[key]!r}")
     if not (0.0 <= cfg.env.spin_ms and math.isfinite(cfg.env.spin_ms)):
         raise ConfigError(f"env.spin_ms must be a number >= 0, got {cfg.env.spin_ms!r}")
+    if cfg.train.replay_delay not in (0, 1):
+        raise ConfigError(f"train.replay_delay must be one of 0, 1; got {cfg.train.replay_delay!r}")
+    if cfg.env.overlap and cfg.train.replay_delay != 1:
+        raise ConfigError(
+            f"env.overlap: true needs train.replay_delay: 1 (the update of step t runs while transition t is being "
+            f"collected, so it cannot sample it); got train.replay_delay: {cfg.train.replay_delay}"
+        )
     if not 0.0 <= cfg.agent.discount <= 1.0:
         raise ConfigError(f"agent.discount must lie in [0, 1], got {cfg.agent.discount!r}")
     if not 0.0 < cfg.agent.tau <= 1.0:

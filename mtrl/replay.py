@@ -7,6 +7,11 @@ it (``state_dict``). Sampling is even over tasks: each call draws
 ``B`` indices per task, giving a ``Batch`` whose fields are [K, B, ...], with no Python loop over
 samples or tasks. Indices come from the buffer's own CPU ``torch.Generator`` (then moved to the
 device), so sampling is identical on CPU and CUDA and its state is part of ``state_dict``.
+
+On a CUDA device ``add`` goes through pinned host memory with ``non_blocking`` copies: a copy from
+pageable memory blocks the host until the device has run everything queued before it, which
+with ``env.overlap`` is the update in flight. Two staging rows take turns, each reused only after
+the device has read it (an event), so the host never waits for an update to store a transition.
 """
 
 from __future__ import annotations
@@ -84,6 +89,12 @@ class MultiTaskReplay:
         self.position = 0  # next slot to write (the same for every task)
         self.size = 0  # transitions stored per task
         self.generator = torch.Generator().manual_seed(seed)
+        self._staging: list[tuple[dict[str, Tensor], torch.cuda.Event]] = []  # CUDA: two pinned rows for add
+        if self.device.type == "cuda":
+            for _ in range(2):
+                row = {name: torch.empty(self._data[name].shape[1:], pin_memory=True) for name in _FIELDS}
+                self._staging.append((row, torch.cuda.Event()))
+        self._turn = 0
 
     def __len__(self) -> int:
         return self.size
@@ -91,12 +102,32 @@ class MultiTaskReplay:
     def add(self, obs, action, reward, next_obs, terminated) -> None:
         """Store one transition per task; every argument has leading dimension K."""
         values = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "done": terminated}
-        for name, value in values.items():
-            if isinstance(value, np.ndarray):
-                value = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-            self._data[name][self.position] = value.to(self.device, torch.float32)
+        if self.device.type == "cuda":
+            self._add_pinned(values)
+        else:
+            for name, value in values.items():
+                if isinstance(value, np.ndarray):
+                    value = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+                self._data[name][self.position] = value.to(self.device, torch.float32)
         self.position = (self.position + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
+
+    def _add_pinned(self, values: dict) -> None:
+        """``add`` on a CUDA device: host values through a pinned staging row, non-blocking (module docstring)."""
+        row, copied = self._staging[self._turn]
+        self._turn = 1 - self._turn
+        copied.synchronize()  # the copies out of this row, two adds ago, are done (at once, unless nothing synced since)
+        for name, value in values.items():
+            target = self._data[name][self.position]
+            if isinstance(value, Tensor) and value.device.type != "cpu":
+                target.copy_(value)  # already on a device: a device-side copy
+                continue
+            if isinstance(value, Tensor):
+                row[name].copy_(value)
+            else:
+                row[name].numpy()[...] = value  # numpy casts (bool done flags to 0.0 / 1.0, as above)
+            target.copy_(row[name], non_blocking=True)
+        copied.record(torch.cuda.current_stream(self.device))  # the stream the copies above went to
 
     def sample(self, batch_per_task: int) -> Batch:
         """``batch_per_task`` transitions of every task, drawn uniformly with replacement."""

@@ -178,9 +178,13 @@ def make_env(cfg: Config, seed: int, evaluation: bool = False, goal_seed: int | 
         seed=seed, max_episode_steps=cfg.env.max_episode_steps, terminate_on_success=terminate, goal_seed=goal_seed,
         heldout_goals=heldout_goals,
     )
-    if cfg.env.workers > 1:
+    # env.overlap: this process runs the update while the training env steps, so every shard of that
+    # env steps in a worker process (env.workers of them, at least one; docs/benchmarks.md)
+    all_in_workers = cfg.env.overlap and not evaluation
+    if cfg.env.workers > 1 or all_in_workers:
         return ParallelMultiTaskEnv(
-            cfg.env.benchmark, workers=cfg.env.workers, local_shard=cfg.env.local_shard, spin_ms=cfg.env.spin_ms, **options,
+            cfg.env.benchmark, workers=cfg.env.workers, local_shard=cfg.env.local_shard and not all_in_workers,
+            spin_ms=cfg.env.spin_ms, **options,
         )
     return MultiTaskEnv(cfg.env.benchmark, **options)
 
@@ -486,11 +490,32 @@ def train(
         logger.log(step, extra)
         videos.maybe_record(step, policy, logger)
 
-    # ---- the loop --------------------------------------------------------------------------
+    # ---- the loop ----------------------------------------------------------------------------
+    # env.overlap: the envs step transition t (step_async .. step_wait) while the update of step t
+    # runs; train.replay_delay 1 is the same order run serially: transition t is stored after
+    # step t's update in both, and before step t's log, evaluation and checkpoint.
+    overlap, delayed = cfg.env.overlap, tcfg.replay_delay == 1
     stop = _StopFlag()
-    timings = {"collect": 0.0, "update": 0.0}
+    timings = {"collect": 0.0, "update": 0.0, "wait": 0.0, "env": 0.0}
     window_success: list[float] = []
     step = start_step
+
+    def waited_for_env(seconds: float) -> None:
+        """Account the loop's wait for a step of the envs and the envs' own stepping time
+        (``last_step_s`` where they report it: worker processes step while this one updates)."""
+        timings["wait"] += seconds
+        timings["env"] += getattr(env, "last_step_s", seconds)
+
+    def store(action: np.ndarray, result: Any) -> None:
+        """Transition t into the replay, the observations of step t + 1, episode bookkeeping."""
+        nonlocal obs, episodes
+        replay.add(obs, action, result.reward, result.next_obs, result.terminated)
+        obs = result.obs
+        np.add(unstable, result.unstable, out=unstable)
+        if result.episode_done.any():
+            episodes += int(result.episode_done.sum())
+            window_success.extend(result.episode_success[result.episode_done].astype(float).tolist())
+
     with _signals(stop):
         try:
             while step < tcfg.total_steps:
@@ -503,18 +528,19 @@ def train(
                     with torch.no_grad():
                         action = agent.act(torch.as_tensor(obs, device=device), deterministic=False, generator=agent_gen)
                     action = action.cpu().numpy()
-                result = env.step(action)
-                replay.add(obs, action, result.reward, result.next_obs, result.terminated)
-                obs = result.obs
-                unstable += result.unstable
-                if result.episode_done.any():
-                    episodes += int(result.episode_done.sum())
-                    window_success.extend(result.episode_success[result.episode_done].astype(float).tolist())
+                if overlap:
+                    env.step_async(action)  # the envs step while the update below runs
+                else:
+                    t1 = time.perf_counter()
+                    result = env.step(action)
+                    waited_for_env(time.perf_counter() - t1)
+                    if not delayed:
+                        store(action, result)
                 timings["collect"] += time.perf_counter() - t0
 
                 # one gradient update; its metrics stay on the device until the next log line
                 update_metrics: dict[str, Any] = {}
-                if step >= tcfg.warmup_steps:
+                if step >= tcfg.warmup_steps and len(replay):  # delayed, step 0's replay is empty
                     t0 = time.perf_counter()
                     batch = replay.sample(tcfg.batch_size // K)
                     ready = not holdout_every or replay.holdout_size() > 0  # held-out data exist
@@ -535,10 +561,17 @@ def train(
                         skipped[key] = skipped[key] + update_metrics.get(f"skipped_{key}", 0.0)
                     update_step += 1
                     timings["update"] += time.perf_counter() - t0
+                if delayed:  # transition t enters the replay after step t's update
+                    t0 = time.perf_counter()
+                    if overlap:
+                        result = env.step_wait()
+                        waited_for_env(time.perf_counter() - t0)
+                    store(action, result)
+                    timings["collect"] += time.perf_counter() - t0
                 step += 1
 
                 if step % tcfg.log_every == 0:
-                    elapsed = sum(timings.values())
+                    elapsed = timings["collect"] + timings["update"]
                     # the one read of device values per log line: the last update's metrics and the skip totals
                     values = read_metrics({**update_metrics, **{f"train/skipped_{k}": n for k, n in skipped.items()}})
                     logger.log(
@@ -551,11 +584,15 @@ def train(
                             "train/success": float(np.mean(window_success)) if window_success else None,
                             "time/collect_s": timings["collect"],
                             "time/update_s": timings["update"],
+                            "time/collect_wait_s": timings["wait"],
+                            "time/env_s": timings["env"],
+                            "time/collect_hidden": max(0.0, 1.0 - timings["wait"] / timings["env"]) if timings["env"] > 0 else None,
+                            "time/step_s": elapsed / tcfg.log_every,
                             "time/steps_per_s": tcfg.log_every / max(elapsed, 1e-9),
                         },
                     )
                     window_success.clear()
-                    timings = {"collect": 0.0, "update": 0.0}
+                    timings = {"collect": 0.0, "update": 0.0, "wait": 0.0, "env": 0.0}
                 if step % tcfg.eval_every == 0 or step == tcfg.total_steps:
                     run_evaluation(step)
                 if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < tcfg.total_steps:
