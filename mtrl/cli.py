@@ -12,7 +12,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-_BENCHES = ("aggregators", "jacobian", "update", "collect")
+_BENCHES = ("aggregators", "jacobian", "update", "collect", "step", "population", "population_update")
 # commands whose module parses its own arguments (``mtrl.inspection``: a module named ``inspect``
 # would shadow the standard library's when a file of mtrl/ is run as a script)
 _MODULE_COMMANDS = {"sweep": "mtrl.sweep", "report": "mtrl.report", "inspect": "mtrl.inspection"}
