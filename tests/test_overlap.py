@@ -5,8 +5,8 @@ and in worker processes; it is deterministic and resumes exactly after a SIGKILL
 env with a step in flight refuses every other request.
 
 The synthetic ``Point-3`` benchmark covers what needs no MetaWorld (warm-up 0, AuxiLearn's held-out
-slots); MT10 runs share one in-process and one two-worker build, restored to their initial state
-before each run.
+slots); the MT10 runs reuse one build per env config (serial in process; overlapped with the
+training env in one and in two worker processes), restored to its initial state before each run.
 """
 
 from __future__ import annotations
