@@ -28,7 +28,7 @@ import torch
 from mtrl.aggregators import register
 from mtrl.aggregators.base import AggContext, Aggregator, GramAggregation, check_option, check_positive_or_none, clip_coefficients, is_number
 from mtrl.aggregators.batched import cagrad_dual_sgd_batch
-from mtrl.aggregators.from_gram import GramAggregator, isolate_failures
+from mtrl.aggregators.from_gram import GramAggregator, finish_members, isolate_failures
 from mtrl.aggregators.solvers import cagrad_dual_exact, cagrad_dual_sgd, gram_tolerance
 
 RESCALE = {0: lambda c: 1.0, 1: lambda c: 1.0 + c**2, 2: lambda c: 1.0 + c}
@@ -122,13 +122,4 @@ class CAGrad(GramAggregator):
         tol = gram_tolerance(dtype)
         solved = dict(zip(batch.tolist(), isolate_failures(
             lambda rows: cagrad_weights_batch(M[batch[rows]], b[batch[rows]], c[batch[rows]], tol, lr[batch[rows]]), len(batch))))
-        out: list[GramAggregation | Exception] = []
-        for s, (agg, ctx) in enumerate(zip(members, contexts)):
-            try:
-                if s not in solved:
-                    out.append(agg.aggregate_gram(M[s], ctx, dtype))
-                else:
-                    out.append(solved[s] if isinstance(solved[s], Exception) else agg.finish_gram(M[s], *solved[s]))
-            except Exception as error:  # noqa: BLE001 - reported for this member only
-                out.append(error)
-        return out
+        return finish_members(members, contexts, M, dtype, solved, lambda agg, M_s, result: agg.finish_gram(M_s, *result))

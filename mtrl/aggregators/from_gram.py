@@ -14,7 +14,7 @@ batches (``aggregate_population``) solve all members at once.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence, TypeVar
+from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor
 from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, GramAggregation, check_gram
 from mtrl.aggregators.solvers import gram
 
-__all__ = ["GramAggregator", "PopulationAggregation", "isolate_failures", "population_coefficients"]
+__all__ = ["GramAggregator", "PopulationAggregation", "finish_members", "isolate_failures", "population_coefficients"]
 
 R = TypeVar("R")
 
@@ -59,6 +59,26 @@ def isolate_failures(kernel: Callable[[np.ndarray], list[R]], count: int) -> lis
             except Exception as error:  # noqa: BLE001 - reported for this member only
                 out.append(error)
         return out
+
+
+def finish_members(
+    members: Sequence[Any], contexts: Sequence[AggContext], M: np.ndarray, dtype: torch.dtype,
+    solved: dict[int, Any], finish: Callable[[Any, np.ndarray, Any], GramAggregation],
+) -> list[GramAggregation | Exception]:
+    """Each member's result of an ``aggregate_population``: ``finish(agg, M[s], solved[s])`` for the
+    members a batched kernel solved (``solved``, by member position; an exception stays that
+    member's), the single-member ``aggregate_gram`` for the others; an exception is reported in the
+    member's own slot."""
+    out: list[GramAggregation | Exception] = []
+    for s, (agg, ctx) in enumerate(zip(members, contexts)):
+        try:
+            if s not in solved:
+                out.append(agg.aggregate_gram(M[s], ctx, dtype))
+            else:
+                out.append(solved[s] if isinstance(solved[s], Exception) else finish(agg, M[s], solved[s]))
+        except Exception as error:  # noqa: BLE001 - reported for this member only
+            out.append(error)
+    return out
 
 
 class PopulationAggregation(NamedTuple):

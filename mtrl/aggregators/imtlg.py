@@ -18,7 +18,7 @@ import torch
 from mtrl.aggregators import register
 from mtrl.aggregators.base import AggContext, Aggregator, GramAggregation, check_positive_or_none, clip_coefficients
 from mtrl.aggregators.batched import solve_batch
-from mtrl.aggregators.from_gram import GramAggregator, isolate_failures
+from mtrl.aggregators.from_gram import GramAggregator, finish_members, isolate_failures
 from mtrl.aggregators.solvers import solve_small
 
 
@@ -99,13 +99,4 @@ class IMTLG(GramAggregator):
         full = (norms > 1e-12 * np.maximum(norms.max(1, initial=0.0), 1e-300)[:, None]).all(1)
         batch = np.flatnonzero(full)
         solved = dict(zip(batch.tolist(), isolate_failures(lambda rows: imtlg_weights_batch(M[batch[rows]]), len(batch))))
-        out: list[GramAggregation | Exception] = []
-        for s, (agg, ctx) in enumerate(zip(members, contexts)):
-            try:
-                if s not in solved:
-                    out.append(agg.aggregate_gram(M[s], ctx, dtype))
-                else:
-                    out.append(solved[s] if isinstance(solved[s], Exception) else agg.finish_gram(M[s], solved[s]))
-            except Exception as error:  # noqa: BLE001 - reported for this member only
-                out.append(error)
-        return out
+        return finish_members(members, contexts, M, dtype, solved, lambda agg, M_s, result: agg.finish_gram(M_s, result))
