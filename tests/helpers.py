@@ -72,3 +72,18 @@ def read_only_file_system(monkeypatch, root) -> None:
     monkeypatch.setattr(os, "open", os_open)
     for name, paths in (("replace", 2), ("rename", 2), ("remove", 1), ("unlink", 1), ("mkdir", 1), ("rmdir", 1), ("truncate", 1)):
         guard(name, paths)
+
+
+def random_batch(num_tasks: int, batch: int, obs_dim: int, action_dim: int, seed: int):
+    """A seeded replay batch [K, B, ...]: normal observations and rewards, uniform actions in
+    [-1, 1], about a fifth of the transitions terminal."""
+    from mtrl.replay import Batch
+
+    gen = torch.Generator().manual_seed(seed)
+    return Batch(
+        obs=torch.randn(num_tasks, batch, obs_dim, generator=gen),
+        action=torch.rand(num_tasks, batch, action_dim, generator=gen) * 2 - 1,
+        reward=torch.randn(num_tasks, batch, generator=gen),
+        next_obs=torch.randn(num_tasks, batch, obs_dim, generator=gen),
+        done=(torch.rand(num_tasks, batch, generator=gen) < 0.2).float(),
+    )

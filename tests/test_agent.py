@@ -16,6 +16,7 @@ from mtrl.aggregators import make
 from mtrl.aggregators.ls import LinearScalarization
 from mtrl.config import AgentConfig
 from mtrl.replay import Batch
+from tests.helpers import random_batch
 
 K, B, OBS, ACT = 3, 8, 6, 2
 
@@ -43,14 +44,7 @@ def make_agent(variant: str = "mt") -> MTSAC:
 
 
 def make_batch(seed: int = 0) -> Batch:
-    gen = torch.Generator().manual_seed(seed)
-    return Batch(
-        obs=torch.randn(K, B, OBS, generator=gen),
-        action=torch.rand(K, B, ACT, generator=gen) * 2 - 1,
-        reward=torch.randn(K, B, generator=gen),
-        next_obs=torch.randn(K, B, OBS, generator=gen),
-        done=(torch.rand(K, B, generator=gen) < 0.2).float(),
-    )
+    return random_batch(K, B, OBS, ACT, seed)
 
 
 def component_grads(agent: MTSAC, agg, component: str, engine: str = "auto") -> dict[str, torch.Tensor]:

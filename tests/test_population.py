@@ -28,6 +28,7 @@ from mtrl.config import AgentConfig
 from mtrl.jacobian import member_gradients, per_task_jacobian
 from mtrl.metrics import read_metrics
 from mtrl.replay import Batch
+from tests.helpers import random_batch
 
 K, B, OBS, ACT = 4, 16, 6, 2
 FIELDS = ("obs", "action", "reward", "next_obs", "done")
@@ -52,14 +53,7 @@ def single(seed: int, cfg: AgentConfig) -> MTSAC:
 
 
 def batch(seed: int) -> Batch:
-    gen = torch.Generator().manual_seed(seed)
-    return Batch(
-        obs=torch.randn(K, B, OBS, generator=gen),
-        action=torch.rand(K, B, ACT, generator=gen) * 2 - 1,
-        reward=torch.randn(K, B, generator=gen),
-        next_obs=torch.randn(K, B, OBS, generator=gen),
-        done=(torch.rand(K, B, generator=gen) < 0.2).float(),
-    )
+    return random_batch(K, B, OBS, ACT, seed)
 
 
 def stack(batches: list[Batch]) -> Batch:
