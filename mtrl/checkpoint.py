@@ -21,7 +21,10 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
-__all__ = ["CheckpointError", "checkpoint_dir", "list_checkpoints", "load_latest", "save_checkpoint"]
+__all__ = [
+    "CheckpointError", "checkpoint_dir", "checkpoint_path", "checkpoint_steps", "list_checkpoints", "load_latest", "prune_checkpoints",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -74,7 +77,7 @@ def save_checkpoint(
     run_dir: Path,
     step: int,
     state: dict[str, Any],
-    keep: int = 2,
+    keep: int | None = 2,
     writer: Writer | None = None,
 ) -> Path:
     """Write ``state`` atomically as ``checkpoints/step_<step>.pt`` and keep the newest ``keep``.
@@ -86,7 +89,7 @@ def save_checkpoint(
     """
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step_{int(step):09d}.pt"
+    final = checkpoint_path(run_dir, step)
     tmp = folder / f".step_{int(step):09d}.pt.tmp"
     payload = {"format_version": FORMAT_VERSION, **state}
     try:
@@ -101,9 +104,28 @@ def save_checkpoint(
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
         raise CheckpointError(f"could not write checkpoint {final}: {err}; the previous checkpoints are intact") from err
+    if keep is not None:
+        prune_checkpoints(run_dir, keep)
+    return final
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of a run's checkpoint files, oldest first (a file exists only once completely
+    written: ``save_checkpoint`` renames it into place)."""
+    return [int(_NAME.match(path.name).group(1)) for path in list_checkpoints(run_dir)]
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    """Where ``save_checkpoint`` writes the checkpoint of ``step``."""
+    return checkpoint_dir(run_dir) / f"step_{int(step):09d}.pt"
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints of ``run_dir`` (``keep`` 0: none). A
+    population calls it after every member has written its newest checkpoint (``keep=None`` to
+    ``save_checkpoint``), so that a kill between two members' writes leaves a step that all have."""
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
-    return final
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import signal
 import sys
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from mtrl.agents.mtsac import MTSAC, HyperBatches
+from mtrl.agents.population import PopulationSAC, member_metrics
 from mtrl.envs.metaworld import MultiTaskEnv, describe_goal_set
 from mtrl.envs.synthetic import PointMassEnv, is_point_benchmark
 from mtrl.envs.workers import ParallelMultiTaskEnv
@@ -42,7 +44,10 @@ from mtrl.runs import CONFIG_HISTORY, PROVENANCE, append_jsonl, effective_config
 from mtrl.tracking import open_logger
 from mtrl.video import TrainingVideos
 
-__all__ = ["RunResult", "aggregator_seed", "checkpoint_policy", "eval_goal_set", "evaluate_run", "resolve_device", "train"]
+__all__ = [
+    "Member", "RunResult", "aggregator_seed", "checkpoint_policy", "eval_goal_set", "evaluate_run", "member_run_dir", "parse_seeds",
+    "resolve_device", "train", "train_population",
+]
 
 
 @dataclass(frozen=True)
@@ -245,11 +250,15 @@ def _refusal(run_dir: Path, refused: list[ConfigChange]) -> str:
     )
 
 
-def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool) -> tuple[dict[str, Any] | None, list[ConfigChange]]:
+def _prepare_run_dir(
+    cfg: Config, run_dir: Path, resume: str | None, force: bool, step: int | None = None,
+) -> tuple[dict[str, Any] | None, list[ConfigChange]]:
     """Create or validate the run directory; return the checkpoint to resume from (if any) and how
     ``cfg`` differs from the config the run has now (``config.yaml`` with its history applied).
 
-    A difference in a key outside ``RESUME_ALLOWED`` is refused unless ``force``."""
+    A difference in a key outside ``RESUME_ALLOWED`` is refused unless ``force``. ``step``: resume
+    from the checkpoint of that step (a population's common step) instead of the newest; 0: start
+    afresh although checkpoints exist (a population none of whose steps every member has)."""
     saved_config = run_dir / "config.yaml"
     has_checkpoint = bool(ckpt.list_checkpoints(run_dir))
     if resume is None and saved_config.exists():
@@ -265,8 +274,12 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: str | None, force: bool
         refused = [change for change in changes if not change.allowed]
         if refused and not force:
             raise ConfigError(_refusal(run_dir, refused))
-    if resume is not None and has_checkpoint:
-        state, path = ckpt.load_latest(run_dir)
+    if resume is not None and has_checkpoint and step != 0:
+        if step is not None:
+            path = ckpt.checkpoint_path(run_dir, step)
+            state = ckpt.load_checkpoint(path)
+        else:
+            state, path = ckpt.load_latest(run_dir)
         print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
         return state, changes
     # a run killed before its first checkpoint restarts clean, as the config it is started with now
@@ -320,6 +333,308 @@ def _record_resume(
     append_jsonl(run_dir / CONFIG_HISTORY, records)
 
 
+def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
+    """Seeds of a population from ``"0-9"``, ``"0,3,7"``, ``"0-3,8"``, an int or a list of ints;
+    distinct, in the order given. A clear error names the bad part."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        parts: list[Any] = [text]
+    elif isinstance(text, (list, tuple)):
+        parts = list(text)
+    else:
+        parts = [p.strip() for p in str(text).split(",")]
+    seeds: list[int] = []
+    for part in parts:
+        if isinstance(part, int) and not isinstance(part, bool):
+            chunk = [part]
+        else:
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", str(part))
+            if match is None or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+                raise ConfigError(f"seeds: {part!r} is neither a seed (0, 1, ...) nor a range a-b with a <= b; e.g. 0-9 or 0,3,7")
+            first = int(match.group(1))
+            chunk = list(range(first, int(match.group(2) or first) + 1))
+        if any(s < 0 for s in chunk):
+            raise ConfigError(f"seeds: {part!r} is negative; seeds are integers >= 0")
+        seeds += chunk
+    if not seeds:
+        raise ConfigError(f"seeds: {text!r} names no seed; e.g. 0-9 or 0,3,7")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds: {text!r} names seed(s) {repeated} more than once; each member needs its own seed")
+    return seeds
+
+
+def member_run_dir(template: Path | str, seed: int) -> Path:
+    """A member's run directory: ``template`` with ``{seed}`` replaced by its seed."""
+    text = str(template)
+    if "{seed}" not in text:
+        raise ConfigError(f"--run-dir {text!r} of a population needs a {{seed}} placeholder (e.g. runs/mt10/seed{{seed}}), one directory per member")
+    return Path(text.replace("{seed}", str(seed)))
+
+
+class _Envs:
+    """The members' training environments as one: ``reset`` / ``step`` / ``step_async`` /
+    ``step_wait`` take and give [S, K, ...] arrays and a list of S ``StepResult``; member s's state
+    is its env's ``state_dict`` (what a single run's checkpoint holds). Each member's env steps by
+    itself here; ``mtrl.envs.population.PopulationEnv`` deals all members' tasks over shared worker
+    processes and has the same interface."""
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        self.envs = list(envs)
+        first = self.envs[0]
+        self.members, self.num_tasks, self.task_names = len(self.envs), first.num_tasks, first.task_names
+        self.obs_dim, self.action_dim, self.action_low, self.action_high = first.obs_dim, first.action_dim, first.action_low, first.action_high
+
+    @property
+    def last_step_s(self) -> float | None:
+        """The envs' own stepping time in the latest step where they all report it (worker processes)."""
+        values = [getattr(env, "last_step_s", None) for env in self.envs]
+        return None if None in values else sum(values)
+
+    def reset(self) -> np.ndarray:
+        return np.stack([env.reset() for env in self.envs])
+
+    def step(self, actions: np.ndarray) -> list[Any]:
+        return [env.step(a) for env, a in zip(self.envs, actions)]
+
+    def step_async(self, actions: np.ndarray) -> None:
+        for env, a in zip(self.envs, actions):
+            env.step_async(a)
+
+    def step_wait(self) -> list[Any]:
+        return [env.step_wait() for env in self.envs]
+
+    def member_state_dict(self, s: int) -> dict:
+        return self.envs[s].state_dict()
+
+    def load_member_state_dict(self, s: int, state: dict) -> np.ndarray:
+        return self.envs[s].load_state_dict(state)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+@dataclass
+class Member:
+    """Everything one run of a training process owns besides the learner's networks and the
+    training env's simulators: its config (its seed), run directory, aggregators, replay,
+    generators, evaluation env, counters, logger and videos. ``snapshot`` and ``restore`` are each
+    other's inverse; a single run is a population of one member (``train``), a population of S
+    has S (``train_population``), and member s's checkpoint is exactly a single run's."""
+
+    index: int
+    cfg: Config
+    run_dir: Path
+    changes: list[ConfigChange]
+    aggregators: dict[str, Aggregator]
+    temperature_agg: Aggregator | None
+    replay: MultiTaskReplay
+    hyper_batches: HyperBatches | None
+    agent_gen: torch.Generator
+    cpu_gen: torch.Generator
+    eval_env: Any
+    main_task: int | None
+    update_step: int = 0
+    episodes: int = 0
+    unstable: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    perf: torch.Tensor | None = None
+    last_success: float | None = None
+    window_success: list[float] = field(default_factory=list)
+    resume_notes: list[str] = field(default_factory=list)
+    logger: Any = None
+    videos: Any = None
+    failed: str | None = None
+    failed_step: int = 0
+
+    @property
+    def all_aggregators(self) -> dict[str, Aggregator]:
+        return {**self.aggregators, **({"temperature": self.temperature_agg} if self.temperature_agg else {})}
+
+    def snapshot(self, step: int, agent: dict[str, Any], env: dict[str, Any], obs: np.ndarray, skipped: dict[str, int]) -> dict[str, Any]:
+        """This member's checkpoint at ``step``: ``agent`` / ``env`` / ``obs`` are its part of the
+        learner and of the training env, ``skipped`` its running totals of skipped updates."""
+        data = {
+            "step": step,
+            "update_step": self.update_step,
+            "episodes": self.episodes,
+            "skipped": skipped,
+            "unstable": torch.from_numpy(self.unstable.copy()),
+            "perf": self.perf,
+            "last_success": self.last_success,
+            "agent": agent,
+            "aggregators": {key: agg.state_dict() for key, agg in self.all_aggregators.items()},
+            "env": env,
+            "eval_env": self.eval_env.state_dict(),
+            "obs": torch.as_tensor(obs),
+            "generators": {"agent": self.agent_gen.get_state(), "cpu": self.cpu_gen.get_state()},
+            "rng": _rng_state(),
+            "config": config_to_dict(self.cfg),
+            "metric_offsets": self.logger.offsets(),
+        }
+        if self.cfg.checkpoint.include_replay:
+            data["replay"] = self.replay.state_dict()
+        return data
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """The inverse of ``snapshot`` for everything the member holds itself (the learner's and
+        the training env's parts are restored by the caller from ``state["agent"]``,
+        ``state["env"]`` and ``state["obs"]``)."""
+        truncate_metric_files(self.run_dir, state["metric_offsets"])
+        if state["config"]["aggregator"] == config_to_dict(self.cfg)["aggregator"]:
+            for key, agg in self.all_aggregators.items():
+                agg.load_state_dict(state["aggregators"][key])
+        else:  # only reachable with --force: the new method starts from its initial state
+            print(f"{self.run_dir}: the aggregator changed (--force): its state starts fresh", file=sys.stderr)
+            self.resume_notes.append("the aggregator changed: its state started fresh")
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+        else:
+            print(f"{self.run_dir}: checkpoint holds no replay buffer: resuming with an empty one (not exact)", file=sys.stderr)
+            self.resume_notes.append("the checkpoint holds no replay buffer: resumed with an empty one")
+        self.eval_env.load_state_dict(state["eval_env"])
+        self.agent_gen.set_state(state["generators"]["agent"])
+        self.cpu_gen.set_state(state["generators"]["cpu"])
+        _set_rng_state(state["rng"])
+        self.update_step, self.episodes = state["update_step"], state["episodes"]
+        if "unstable" in state:  # absent from checkpoints written before it was counted: from zero
+            self.unstable = state["unstable"].numpy().astype(np.int64)
+        self.perf = state.get("perf")
+        self.last_success = state.get("last_success")
+
+    def store(self, obs: np.ndarray, action: np.ndarray, result: Any) -> None:
+        """Transition t into the replay, and the episode bookkeeping of step t's result."""
+        self.replay.add(obs, action, result.reward, result.next_obs, result.terminated)
+        np.add(self.unstable, result.unstable, out=self.unstable)
+        if result.episode_done.any():
+            self.episodes += int(result.episode_done.sum())
+            self.window_success.extend(result.episode_success[result.episode_done].astype(float).tolist())
+
+    def close(self, state: str, step: int, **extra: Any) -> None:
+        """Close the member's outputs and write its ``status.json``."""
+        for closable in (self.videos, self.logger):
+            if closable is not None:
+                closable.close()
+        write_status(self.run_dir, state, step, self.cfg.train.total_steps, **extra)
+
+
+def _build_member(index: int, cfg: Config, run_dir: Path, changes: list[ConfigChange], K: int, obs_dim: int, action_dim: int,
+                  task_names: list[str], device: torch.device, eval_env: Any) -> Member:
+    """A member's own parts (``Member``) for ``cfg`` (its seed), before any checkpoint is loaded."""
+    tcfg = cfg.train
+    main_task = None
+    if cfg.main_task is not None:
+        if cfg.main_task not in task_names:
+            raise ConfigError(f"main_task {cfg.main_task!r} is not a task of {cfg.env.benchmark}; tasks: {', '.join(task_names)}")
+        main_task = task_names.index(cfg.main_task)
+    aggregators = _build_aggregators(cfg, K)
+    temperature_agg = aggregators.pop("temperature", None)
+    # AuxiLearn trains its combiner on held-out main-task transitions that training never samples
+    holdout_every = max((getattr(agg, "holdout_every", 0) for agg in aggregators.values()), default=0)
+    validation_tasks = list(range(K)) if main_task is None else [main_task]
+    replay = MultiTaskReplay(
+        K, max(1, tcfg.replay_capacity // K), obs_dim, action_dim, device, seed=cfg.seed,
+        holdout_every=holdout_every, holdout_tasks=validation_tasks,
+    )
+    hyper_batches = None  # fresh batches for the outer steps of AuxiNash / AuxiLearn
+    if any(getattr(agg, "uses_hyper", False) for agg in aggregators.values()):
+        hyper_batches = _hyper_batches(replay, tcfg.batch_size // K, validation_tasks, bool(holdout_every))
+    return Member(
+        index=index, cfg=cfg, run_dir=run_dir, changes=changes, aggregators=aggregators, temperature_agg=temperature_agg,
+        replay=replay, hyper_batches=hyper_batches, agent_gen=torch.Generator(device=device).manual_seed(cfg.seed),
+        cpu_gen=torch.Generator().manual_seed(cfg.seed + 1), eval_env=eval_env, main_task=main_task,
+        unstable=np.zeros(K, dtype=np.int64),
+    )
+
+
+class _SingleLearner:
+    """The learner of a single run: one ``MTSAC``, called exactly as before populations existed
+    (a single run's numbers are unchanged by the population code path)."""
+
+    def __init__(self, agent: MTSAC) -> None:
+        self.agent = agent
+        self.members = 1
+
+    def act(self, obs: np.ndarray, generators: Sequence[torch.Generator]) -> np.ndarray:
+        with torch.no_grad():
+            action = self.agent.act(torch.as_tensor(obs[0], device=self.agent.device), deterministic=False, generator=generators[0])
+        return action.cpu().numpy()[None]
+
+    def update(self, members: Sequence[Member], batch_per_task: int, diagnostics: bool) -> dict[str, Any]:
+        m = members[0]
+        ready = not m.replay.holdout_every or m.replay.holdout_size() > 0  # held-out data exist
+        return self.agent.update(
+            m.replay.sample(batch_per_task), m.update_step, m.aggregators["critic"], m.aggregators["actor"],
+            generator=m.agent_gen, perf=m.perf, main_task=m.main_task, aggregator_generator=m.cpu_gen,
+            temperature_agg=m.temperature_agg, hyper_batches=m.hyper_batches if ready else None, diagnostics=diagnostics,
+        )
+
+    def member_values(self, values: dict[str, Any], s: int) -> dict[str, Any]:
+        return values
+
+    def member_state(self, s: int) -> dict[str, Any]:
+        return self.agent.training_state()
+
+    def load_member_state(self, s: int, state: dict[str, Any]) -> None:
+        self.agent.load_training_state(state)
+
+    def policy(self, s: int) -> MTSAC:
+        return self.agent
+
+
+class _PopulationLearner:
+    """The learner of a population: one ``PopulationSAC`` holding every member's networks and
+    optimizers, updated in one batched computation; member s's evaluation acts through a single
+    ``MTSAC`` loaded with its weights, as its single run's evaluation would."""
+
+    def __init__(self, population: PopulationSAC, obs_dim: int, action_dim: int, num_tasks: int, cfg: Config) -> None:
+        self.population, self.members = population, population.members
+        self.shape = (obs_dim, action_dim, num_tasks, cfg.agent)
+        self._policy: MTSAC | None = None
+
+    def act(self, obs: np.ndarray, generators: Sequence[torch.Generator]) -> np.ndarray:
+        with torch.no_grad():
+            action = self.population.act(torch.as_tensor(obs, device=self.population.device), deterministic=False, generators=generators)
+        return action.cpu().numpy()
+
+    def update(self, members: Sequence[Member], batch_per_task: int, diagnostics: bool) -> dict[str, Any]:
+        batches = [m.replay.sample(batch_per_task) for m in members]
+        batch = Batch(**{f.name: torch.stack([getattr(b, f.name) for b in batches]) for f in dataclasses.fields(Batch)})
+        steps = {m.update_step for m in members}
+        if len(steps) != 1:  # members always start and resume together
+            raise RuntimeError(f"population members are at different update steps {sorted(steps)}")
+        return self.population.update(
+            batch, steps.pop(), [m.aggregators["critic"] for m in members], [m.aggregators["actor"] for m in members],
+            generators=[m.agent_gen for m in members], perf=[m.perf for m in members], main_task=members[0].main_task,
+            aggregator_generators=[m.cpu_gen for m in members],
+        )
+
+    def member_values(self, values: dict[str, Any], s: int) -> dict[str, Any]:
+        return member_metrics(values, s)
+
+    def member_state(self, s: int) -> dict[str, Any]:
+        return self.population.member_state(s)
+
+    def load_member_state(self, s: int, state: dict[str, Any]) -> None:
+        self.population.load_member_state(s, state)
+
+    def without(self, drop: Sequence[int]) -> "_PopulationLearner":
+        """The population without the members ``drop`` (the others' states copied exactly)."""
+        keep = [s for s in range(self.members) if s not in set(drop)]
+        obs_dim, action_dim, num_tasks, agent_cfg = self.shape
+        population = PopulationSAC.from_states([self.member_state(s) for s in keep], obs_dim, action_dim, num_tasks, agent_cfg, self.population.device)
+        population.jacobian_method = self.population.jacobian_method
+        learner = _PopulationLearner.__new__(_PopulationLearner)
+        learner.population, learner.members, learner.shape, learner._policy = population, len(keep), self.shape, self._policy
+        return learner
+
+    def policy(self, s: int) -> MTSAC:
+        obs_dim, action_dim, num_tasks, agent_cfg = self.shape
+        if self._policy is None:
+            self._policy = MTSAC(obs_dim, action_dim, num_tasks, agent_cfg, device=self.population.device)
+        self._policy.load_training_state(self.member_state(s))
+        return self._policy
+
+
 def train(
     cfg: Config,
     run_dir: Path | str,
@@ -340,155 +655,192 @@ def train(
         envs: prebuilt (training, evaluation) environments matching ``cfg.env`` (tests share
             one MetaWorld build across runs); they are reset here and left open.
     """
-    run_dir = Path(run_dir)
-    status = read_status(run_dir)
-    if resume is not None and status and status.get("state") == "finished":
-        if status.get("total_steps") == cfg.train.total_steps:
+    return _train([cfg], [Path(run_dir)], resume=resume, force=force, checkpoint_writer=checkpoint_writer, envs=envs)[0]
+
+
+def train_population(
+    cfg: Config,
+    seeds: Sequence[int] | str,
+    run_dirs: Sequence[Path | str] | Path | str,
+    *,
+    resume: str | None = None,
+    force: bool = False,
+    checkpoint_writer: Any = None,
+) -> list[RunResult]:
+    """Train the members ``seeds`` of ``cfg`` as one population (one process, one batched update:
+    ``agents/population.py``); member s writes the ordinary run directory of its seed.
+
+    Args:
+        seeds: the members' seeds (``parse_seeds`` syntax: "0-9", "0,3,7", or a list).
+        run_dirs: one directory per member, or one path with a ``{seed}`` placeholder.
+        resume: None (fresh), ``"auto"`` or a path as for ``train``, for every member: the
+            population continues from the newest step of which every unfinished member has a
+            checkpoint; members already finished, or marked failed, are left out (a failed member
+            is resumed alone with ``mtrl train --resume <its run dir>``).
+        force: as for ``train``, for every member.
+
+    A population of one seed is a single run (``train``)."""
+    seeds = parse_seeds(seeds)
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [member_run_dir(run_dirs, seed) for seed in seeds]
+    run_dirs = [Path(d) for d in run_dirs]
+    if len(run_dirs) != len(seeds):
+        raise ConfigError(f"{len(seeds)} seeds need {len(seeds)} run directories, got {len(run_dirs)}")
+    if len({d.resolve() for d in run_dirs}) != len(run_dirs):
+        raise ConfigError(f"members need distinct run directories, got {[str(d) for d in run_dirs]}")
+    cfgs = [dataclasses.replace(cfg, seed=seed) for seed in seeds]
+    return _train(cfgs, run_dirs, resume=resume, force=force, checkpoint_writer=checkpoint_writer)
+
+
+def _population_resume(cfgs: list[Config], run_dirs: list[Path], resume: str | None) -> tuple[list[int], list[RunResult], int | None]:
+    """Which members a population resume continues, the results of those it leaves out, and the
+    step every continued member resumes from (None: none has a checkpoint, start fresh)."""
+    active, done = [], []
+    for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
+        status = read_status(run_dir) or {}
+        if resume is not None and status.get("state") == "finished" and status.get("total_steps") == cfg.train.total_steps:
             print(f"{run_dir} is already finished ({status['step']} steps); nothing to do", file=sys.stderr)
-            return RunResult(run_dir, int(status["step"]), False, status.get("last_success"))
-    state, changes = _prepare_run_dir(cfg, run_dir, resume, force)
-    resumed = state is not None
-    resume_notes: list[str] = []  # why the continuation may not be exact
-    goal_record = _check_eval_goals(cfg, state, run_dir, changes, force) if resumed else None
+            done.append(RunResult(run_dir, int(status["step"]), False, status.get("last_success")))
+        elif resume is not None and status.get("state") == "failed" and len(cfgs) > 1:
+            print(f"{run_dir} failed ({status.get('error', 'see its status.json')}): left out of the population; "
+                  f"resume it alone with: mtrl train --resume {run_dir}", file=sys.stderr)
+            done.append(RunResult(run_dir, int(status.get("step", 0)), False, status.get("last_success")))
+        else:
+            active.append(i)
+    if resume is None or len(active) < 2:
+        return active, done, None
+    steps = [set(ckpt.checkpoint_steps(run_dirs[i])) for i in active]
+    if not any(steps):
+        return active, done, None
+    if not all(steps):  # killed while the members wrote their first checkpoint: nothing to resume from
+        print("some members have no checkpoint yet: the population starts afresh", file=sys.stderr)
+        return active, done, 0
+    common = set.intersection(*steps)
+    if not common:
+        listed = "; ".join(f"{run_dirs[i]}: {sorted(s) or 'none'}" for i, s in zip(active, steps))
+        raise ckpt.CheckpointError(
+            f"cannot resume the population: its members have no checkpoint step in common ({listed}). Resume each "
+            f"member alone with mtrl train --resume <run dir>"
+        )
+    return active, done, max(common)
+
+
+def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, force: bool, checkpoint_writer: Any,
+           envs: tuple[MultiTaskEnv, MultiTaskEnv] | None = None) -> list[RunResult]:
+    """The training loop of S members (S = 1: a single run). Returns one result per member."""
+    population = len(cfgs) > 1
+    if population:
+        active, finished, common_step = _population_resume(cfgs, run_dirs, resume)
+        if not active:
+            return finished
+        cfgs, run_dirs = [cfgs[i] for i in active], [run_dirs[i] for i in active]
+    else:
+        status = read_status(run_dirs[0])
+        if resume is not None and status and status.get("state") == "finished" and status.get("total_steps") == cfgs[0].train.total_steps:
+            print(f"{run_dirs[0]} is already finished ({status['step']} steps); nothing to do", file=sys.stderr)
+            return [RunResult(run_dirs[0], int(status["step"]), False, status.get("last_success"))]
+        finished, common_step = [], None
+    cfg = cfgs[0]  # what all members share (they differ in their seed alone)
+    prepared = [_prepare_run_dir(c, d, resume, force, step=common_step) for c, d in zip(cfgs, run_dirs)]
+    states = [state for state, _ in prepared]
+    resumed = states[0] is not None
+    goal_records = [_check_eval_goals(c, s, d, ch, force) if s is not None else None for c, d, (s, ch) in zip(cfgs, run_dirs, prepared)]
     device = resolve_device(cfg.device)
     configure_allocator()
     tcfg = cfg.train
+    S = len(cfgs)
 
     # ---- build everything ------------------------------------------------------------------
-    env, eval_env = envs if envs is not None else build_envs(cfg)
+    if envs is not None:
+        env, eval_envs = _Envs([envs[0]]), [envs[1]]
+    else:
+        env = _Envs([make_env(c, c.seed) for c in cfgs])
+        eval_envs = [make_env(c, c.seed + 10_000, evaluation=True, **eval_goal_set(c)) for c in cfgs]
     K = env.num_tasks
     if tcfg.batch_size % K:
         raise ConfigError(f"train.batch_size ({tcfg.batch_size}) must be divisible by the number of tasks ({K})")
-    main_task = None
-    if cfg.main_task is not None:
-        if cfg.main_task not in env.task_names:
-            raise ConfigError(f"main_task {cfg.main_task!r} is not a task of {cfg.env.benchmark}; tasks: {', '.join(env.task_names)}")
-        main_task = env.task_names.index(cfg.main_task)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        agent = MTSAC(env.obs_dim, env.action_dim, K, cfg.agent, device=device)
-    agent.jacobian_method = cfg.aggregator.jacobian
-    aggregators = _build_aggregators(cfg, K)
-    temperature_agg = aggregators.pop("temperature", None)
-    # AuxiLearn trains its combiner on held-out main-task transitions that training never samples
-    holdout_every = max((getattr(agg, "holdout_every", 0) for agg in aggregators.values()), default=0)
-    validation_tasks = list(range(K)) if main_task is None else [main_task]
-    replay = MultiTaskReplay(
-        K, max(1, tcfg.replay_capacity // K), env.obs_dim, env.action_dim, device, seed=cfg.seed,
-        holdout_every=holdout_every, holdout_tasks=validation_tasks,
-    )
-    hyper_batches = None  # fresh batches for the outer steps of AuxiNash / AuxiLearn
-    if any(getattr(agg, "uses_hyper", False) for agg in aggregators.values()):
-        hyper_batches = _hyper_batches(replay, tcfg.batch_size // K, validation_tasks, bool(holdout_every))
-    agent_gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    cpu_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    members = [
+        _build_member(i, c, d, ch, K, env.obs_dim, env.action_dim, env.task_names, device, e)
+        for i, (c, d, (_, ch), e) in enumerate(zip(cfgs, run_dirs, prepared, eval_envs))
+    ]
+    agents = []
+    for c in cfgs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            agents.append(MTSAC(env.obs_dim, env.action_dim, K, c.agent, device=device))
+    if population:
+        learner: Any = _PopulationLearner(
+            PopulationSAC.from_states([a.training_state() for a in agents], env.obs_dim, env.action_dim, K, cfg.agent, device),
+            env.obs_dim, env.action_dim, K, cfg,
+        )
+        learner.population.jacobian_method = cfg.aggregator.jacobian
+        m = members[0]  # what a population cannot run is refused before anything is written
+        learner.population._check_supported([m.aggregators["critic"]], [m.aggregators["actor"]], [m.temperature_agg], m.hyper_batches, False)
+        del agents
+    else:
+        learner = _SingleLearner(agents[0])
+        learner.agent.jacobian_method = cfg.aggregator.jacobian
     action_low = torch.as_tensor(env.action_low, dtype=torch.float32)
     action_high = torch.as_tensor(env.action_high, dtype=torch.float32)
 
-    start_step, update_step, episodes = 0, 0, 0
-    skipped = {"critic": torch.zeros((), device=device), "actor": torch.zeros((), device=device)}  # running totals
-    unstable = np.zeros(K, dtype=np.int64)  # per task: training steps whose simulation MuJoCo flagged unstable
-    perf: torch.Tensor | None = None
-    last_success: float | None = None
-    obs = env.reset()
-    if state is not None:
-        truncate_metric_files(run_dir, state["metric_offsets"])
-        agent.load_training_state(state["agent"])
-        saved_aggregator = state["config"]["aggregator"]
-        if saved_aggregator == config_to_dict(cfg)["aggregator"]:
-            for key, agg in {**aggregators, **({"temperature": temperature_agg} if temperature_agg else {})}.items():
-                agg.load_state_dict(state["aggregators"][key])
-        else:  # only reachable with --force: the new method starts from its initial state
-            print("the aggregator changed (--force): its state starts fresh", file=sys.stderr)
-            resume_notes.append("the aggregator changed: its state started fresh")
-        if "replay" in state:
-            replay.load_state_dict(state["replay"])
+    start_step = 0
+    skipped = {"critic": torch.zeros(S, device=device), "actor": torch.zeros(S, device=device)}  # running totals per member
+    obs = env.reset()  # [S, K, obs_dim]
+    if resumed:
+        for s, (m, state) in enumerate(zip(members, states)):
+            m.restore(state)
+            learner.load_member_state(s, state["agent"])
+            env.load_member_state_dict(s, state["env"])
+            obs[s] = state["obs"].numpy()
+            for key, n in state["skipped"].items():
+                skipped[key][s] = float(n)
+        start_step = states[0]["step"]
+        states = prepared = None  # restored: free the loaded checkpoints (a replay alone is 0.34 GB on MT10)
+    for m, goal_record in zip(members, goal_records):
+        m.videos = TrainingVideos(m.cfg, env.task_names, m.run_dir)  # train.video_every; checks rendering works
+        m.run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config or env error leaves no directory behind
+        started = time.perf_counter()
+        entry = provenance.collect(device, event="resume" if resumed else "start", step=start_step)
+        if population:
+            entry["population"] = {"seeds": [c.seed for c in cfgs], "member": m.index}
+        if resumed:  # config.yaml keeps what the run started as; what changed goes into config_history.jsonl
+            _record_resume(m.run_dir, m.cfg, m.changes, entry, start_step, m.resume_notes, [goal_record] if goal_record else [])
+            if not (m.run_dir / "config.yaml").exists():  # lost: the config the run has now is the best description left
+                save_config(m.cfg, m.run_dir / "config.yaml")
         else:
-            print("checkpoint holds no replay buffer: resuming with an empty one (not exact)", file=sys.stderr)
-            resume_notes.append("the checkpoint holds no replay buffer: resumed with an empty one")
-        env.load_state_dict(state["env"])
-        eval_env.load_state_dict(state["eval_env"])
-        obs = state["obs"].numpy()
-        agent_gen.set_state(state["generators"]["agent"])
-        cpu_gen.set_state(state["generators"]["cpu"])
-        _set_rng_state(state["rng"])
-        start_step, update_step, episodes = state["step"], state["update_step"], state["episodes"]
-        skipped = {key: torch.tensor(float(n), device=device) for key, n in state["skipped"].items()}
-        if "unstable" in state:  # absent from checkpoints written before it was counted: from zero
-            unstable = state["unstable"].numpy().astype(np.int64)
-        perf = state.get("perf")
-        last_success = state.get("last_success")
-        state = None  # restored: free the loaded checkpoint (its replay alone is 0.34 GB on MT10)
-    videos = TrainingVideos(cfg, env.task_names, run_dir)  # train.video_every; checks rendering works
-    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config or env error leaves no directory behind
-    started = time.perf_counter()
-    entry = provenance.collect(device, event="resume" if resumed else "start", step=start_step)
-    if resumed:  # config.yaml keeps what the run started as; what changed goes into config_history.jsonl
-        _record_resume(run_dir, cfg, changes, entry, start_step, resume_notes, [goal_record] if goal_record else [])
-        if not (run_dir / "config.yaml").exists():  # lost: the config the run has now is the best description left
-            save_config(cfg, run_dir / "config.yaml")
-    else:
-        save_config(cfg, run_dir / "config.yaml")
-    entry["provenance_s"] = round(time.perf_counter() - started, 4)  # what recording it cost
-    provenance.record(run_dir, entry)
-    logger = open_logger(MetricsLogger(run_dir, env.task_names, tensorboard=tcfg.tensorboard), cfg, run_dir)  # + W&B
+            save_config(m.cfg, m.run_dir / "config.yaml")
+        entry["provenance_s"] = round(time.perf_counter() - started, 4)  # what recording it cost
+        provenance.record(m.run_dir, entry)
+        m.logger = open_logger(MetricsLogger(m.run_dir, env.task_names, tensorboard=tcfg.tensorboard), m.cfg, m.run_dir)  # + W&B
+        write_status(m.run_dir, "running", start_step, tcfg.total_steps)
     progress = ProgressLine(tcfg.total_steps, start_step, enabled=tcfg.progress)
-    progress.last_success = last_success
-    write_status(run_dir, "running", start_step, tcfg.total_steps)
+    progress.last_success = _mean_success(members)
 
-    def snapshot(step: int) -> dict[str, Any]:
-        data = {
-            "step": step,
-            "update_step": update_step,
-            "episodes": episodes,
-            "skipped": {key: int(total) for key, total in skipped.items()},
-            "unstable": torch.from_numpy(unstable.copy()),
-            "perf": perf,
-            "last_success": last_success,
-            "agent": agent.training_state(),
-            "aggregators": {
-                key: agg.state_dict()
-                for key, agg in {**aggregators, **({"temperature": temperature_agg} if temperature_agg else {})}.items()
-            },
-            "env": env.state_dict(),
-            "eval_env": eval_env.state_dict(),
-            "obs": torch.as_tensor(obs),
-            "generators": {"agent": agent_gen.get_state(), "cpu": cpu_gen.get_state()},
-            "rng": _rng_state(),
-            "config": config_to_dict(cfg),
-            "metric_offsets": logger.offsets(),
-        }
-        if cfg.checkpoint.include_replay:
-            data["replay"] = replay.state_dict()
-        return data
-
-    def save(step: int) -> Path:
-        return ckpt.save_checkpoint(run_dir, step, snapshot(step), keep=cfg.checkpoint.keep, writer=checkpoint_writer)
+    def save(step: int) -> list[Path]:
+        """Every live member's checkpoint of ``step``; old ones are pruned only once all are written."""
+        keep = cfg.checkpoint.keep
+        paths = []
+        for s, m in enumerate(live):
+            totals = {key: int(total[s]) for key, total in skipped.items()}
+            data = m.snapshot(step, learner.member_state(s), env.member_state_dict(m.index), obs[m.index], totals)
+            paths.append(ckpt.save_checkpoint(m.run_dir, step, data, keep=None if population else keep, writer=checkpoint_writer))
+        if population:
+            for m in live:
+                ckpt.prune_checkpoints(m.run_dir, keep)
+        return paths
 
     def run_evaluation(step: int) -> None:
-        nonlocal perf, last_success
+        for s, m in enumerate(live):
+            agent = learner.policy(s)
 
-        def policy(o: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return agent.act(torch.as_tensor(o, device=device), deterministic=True).cpu().numpy()
+            def policy(o: np.ndarray) -> np.ndarray:
+                with torch.no_grad():
+                    return agent.act(torch.as_tensor(o, device=device), deterministic=True).cpu().numpy()
 
-        result = evaluate(policy, eval_env, tcfg.eval_episodes)
-        rates = [float(x) for x in result.success_rate]
-        logger.log_eval(step, rates)
-        perf = torch.tensor(rates, dtype=torch.float64)
-        last_success = float(np.mean(rates))
-        progress.last_success = last_success
-        extra = {"eval/mean_success": last_success, "eval/mean_return": float(np.mean(result.mean_return))}
-        if main_task is not None:
-            extra["eval/main_success"] = rates[main_task]
-        for key, agg in aggregators.items():  # PIVRG and PI-methods: the omega this evaluation sets
-            if agg.name == "pivrg" or getattr(agg, "pi", False):
-                settings = {k: getattr(agg, k) for k in ("bound", "min_temperature") if hasattr(agg, k)}  # PIVRG's own
-                omega, tau = performance_weights(success_to_performance_drop(perf), **settings)
-                extra[f"{key}/omega"] = [float(w) for w in omega]
-                extra[f"{key}/tau"] = tau
-        logger.log(step, extra)
-        videos.maybe_record(step, policy, logger)
+            result = evaluate(policy, m.eval_env, tcfg.eval_episodes)
+            _log_evaluation(m, step, result)
+            m.videos.maybe_record(step, policy, m.logger)
+        progress.last_success = _mean_success(live)
 
     # ---- the loop ----------------------------------------------------------------------------
     # env.overlap: the envs step transition t (step_async .. step_wait) while the update of step t
@@ -497,101 +849,101 @@ def train(
     overlap, delayed = cfg.env.overlap, tcfg.replay_delay == 1
     stop = _StopFlag()
     timings = {"collect": 0.0, "update": 0.0, "wait": 0.0, "env": 0.0}
-    window_success: list[float] = []
+    live = list(members)  # members still training (a failed one leaves; the learner's row s is live[s])
     step = start_step
+    batch_per_task = tcfg.batch_size // K
 
     def waited_for_env(seconds: float) -> None:
         """Account the loop's wait for a step of the envs and the envs' own stepping time
         (``last_step_s`` where they report it: worker processes step while this one updates)."""
         timings["wait"] += seconds
-        timings["env"] += getattr(env, "last_step_s", seconds)
+        own = env.last_step_s
+        timings["env"] += seconds if own is None else own
 
-    def store(action: np.ndarray, result: Any) -> None:
-        """Transition t into the replay, the observations of step t + 1, episode bookkeeping."""
-        nonlocal obs, episodes
-        replay.add(obs, action, result.reward, result.next_obs, result.terminated)
-        obs = result.obs
-        np.add(unstable, result.unstable, out=unstable)
-        if result.episode_done.any():
-            episodes += int(result.episode_done.sum())
-            window_success.extend(result.episode_success[result.episode_done].astype(float).tolist())
+    def store(action: np.ndarray, results: list[Any]) -> None:
+        """Transition t of every live member into its replay, the observations of step t + 1."""
+        for s, m in enumerate(live):
+            result = results[m.index]
+            m.store(obs[m.index], action[s], result)
+            obs[m.index] = result.obs
+
+    def act(step: int) -> np.ndarray:
+        """The actions [S, K, A] of every env member (a failed member's envs get zeros)."""
+        if step < tcfg.warmup_steps:
+            rows = [(action_low + (action_high - action_low) * torch.rand(K, env.action_dim, generator=m.cpu_gen)).numpy() for m in live]
+            chosen = np.stack(rows)
+        else:
+            chosen = learner.act(obs[[m.index for m in live]] if len(live) < env.members else obs, [m.agent_gen for m in live])
+        if len(live) == env.members:
+            return chosen
+        full = np.zeros((env.members, K, env.action_dim), dtype=np.float32)
+        full[[m.index for m in live]] = chosen
+        return full
 
     with _signals(stop):
         try:
             while step < tcfg.total_steps:
-                # collect one transition per task
+                # collect one transition per task and member
                 t0 = time.perf_counter()
-                if step < tcfg.warmup_steps:
-                    action = action_low + (action_high - action_low) * torch.rand(K, env.action_dim, generator=cpu_gen)
-                    action = action.numpy()
-                else:
-                    with torch.no_grad():
-                        action = agent.act(torch.as_tensor(obs, device=device), deterministic=False, generator=agent_gen)
-                    action = action.cpu().numpy()
+                action = act(step)
                 if overlap:
                     env.step_async(action)  # the envs step while the update below runs
                 else:
                     t1 = time.perf_counter()
-                    result = env.step(action)
+                    results = env.step(action)
                     waited_for_env(time.perf_counter() - t1)
                     if not delayed:
-                        store(action, result)
+                        store(action[[m.index for m in live]], results)
                 timings["collect"] += time.perf_counter() - t0
 
                 # one gradient update; its metrics stay on the device until the next log line
                 update_metrics: dict[str, Any] = {}
-                if step >= tcfg.warmup_steps and len(replay):  # delayed, step 0's replay is empty
+                if step >= tcfg.warmup_steps and len(live[0].replay):  # delayed, step 0's replay is empty
                     t0 = time.perf_counter()
-                    batch = replay.sample(tcfg.batch_size // K)
-                    ready = not holdout_every or replay.holdout_size() > 0  # held-out data exist
-                    update_metrics = agent.update(
-                        batch,
-                        update_step,
-                        aggregators["critic"],
-                        aggregators["actor"],
-                        generator=agent_gen,
-                        perf=perf,
-                        main_task=main_task,
-                        aggregator_generator=cpu_gen,
-                        temperature_agg=temperature_agg,
-                        hyper_batches=hyper_batches if ready else None,
-                        diagnostics=(step + 1) % tcfg.log_every == 0,  # gradient diagnostics on log steps
-                    )
+                    update_metrics = learner.update(live, batch_per_task, diagnostics=not population and (step + 1) % tcfg.log_every == 0)
                     for key in skipped:
-                        skipped[key] = skipped[key] + update_metrics.get(f"skipped_{key}", 0.0)
-                    update_step += 1
+                        skipped[key] += update_metrics.get(f"skipped_{key}", 0.0)
+                    for m in live:
+                        m.update_step += 1
                     timings["update"] += time.perf_counter() - t0
+                    failed = update_metrics.pop("failed", None)
+                    if failed is not None and any(error is not None for error in failed):
+                        learner, skipped = _drop_failed(live, failed, learner, skipped, step + 1)
                 if delayed:  # transition t enters the replay after step t's update
                     t0 = time.perf_counter()
                     if overlap:
-                        result = env.step_wait()
+                        results = env.step_wait()
                         waited_for_env(time.perf_counter() - t0)
-                    store(action, result)
+                    store(action[[m.index for m in live]], results)
                     timings["collect"] += time.perf_counter() - t0
                 step += 1
+                if not live:
+                    break
 
                 if step % tcfg.log_every == 0:
                     elapsed = timings["collect"] + timings["update"]
+                    shared = {
+                        "time/collect_s": timings["collect"],
+                        "time/update_s": timings["update"],
+                        "time/collect_wait_s": timings["wait"],
+                        "time/env_s": timings["env"],
+                        "time/collect_hidden": max(0.0, 1.0 - timings["wait"] / timings["env"]) if timings["env"] > 0 else None,
+                        "time/step_s": elapsed / tcfg.log_every,
+                        "time/steps_per_s": tcfg.log_every / max(elapsed, 1e-9),
+                    }
                     # the one read of device values per log line: the last update's metrics and the skip totals
                     values = read_metrics({**update_metrics, **{f"train/skipped_{k}": n for k, n in skipped.items()}})
-                    logger.log(
-                        step,
-                        {
-                            **values,
-                            **{f"train/skipped_{k}": int(values[f"train/skipped_{k}"]) for k in skipped},
-                            "train/episodes": episodes,
-                            "train/unstable": unstable.tolist(),
-                            "train/success": float(np.mean(window_success)) if window_success else None,
-                            "time/collect_s": timings["collect"],
-                            "time/update_s": timings["update"],
-                            "time/collect_wait_s": timings["wait"],
-                            "time/env_s": timings["env"],
-                            "time/collect_hidden": max(0.0, 1.0 - timings["wait"] / timings["env"]) if timings["env"] > 0 else None,
-                            "time/step_s": elapsed / tcfg.log_every,
-                            "time/steps_per_s": tcfg.log_every / max(elapsed, 1e-9),
-                        },
-                    )
-                    window_success.clear()
+                    for s, m in enumerate(live):
+                        own = learner.member_values({k: v for k, v in values.items() if not k.startswith("train/skipped_")}, s)
+                        m.logger.log(step, {
+                            **own,
+                            **{f"train/skipped_{k}": int(values[f"train/skipped_{k}"][s]) for k in skipped},
+                            "train/episodes": m.episodes,
+                            "train/unstable": m.unstable.tolist(),
+                            "train/success": float(np.mean(m.window_success)) if m.window_success else None,
+                            **shared,
+                        })
+                        m.window_success.clear()
                     timings = {"collect": 0.0, "update": 0.0, "wait": 0.0, "env": 0.0}
                 if step % tcfg.eval_every == 0 or step == tcfg.total_steps:
                     run_evaluation(step)
@@ -600,33 +952,79 @@ def train(
                 progress.update(step)
                 if stop.signal is not None:
                     break
-        except BaseException:
+        except BaseException as err:
             progress.close()
-            videos.close()
-            logger.close()
-            write_status(run_dir, "failed", step, tcfg.total_steps)
+            for m in live:
+                m.close("failed", step, error=f"{type(err).__name__}: {err}")
             raise
 
     interrupted = stop.signal is not None and step < tcfg.total_steps
-    path = save(step)
+    paths = save(step) if live else []
     progress.update(step, force=True)
     progress.close()
-    videos.close()
-    logger.close()
     if envs is None:
         env.close()
-        eval_env.close()
+        for e in eval_envs:
+            e.close()
+    for m in members:
+        if m.failed is not None:
+            finished.append(RunResult(m.run_dir, m.failed_step, False, m.last_success))
+            continue
+        if interrupted:
+            m.close("interrupted", step)
+        else:
+            m.close("finished", step, last_success=m.last_success)
+        finished.append(RunResult(m.run_dir, step, interrupted, m.last_success))
     if interrupted:
         name = signal.Signals(stop.signal).name
-        write_status(run_dir, "interrupted", step, tcfg.total_steps)
+        again = f"mtrl train --resume {run_dirs[0]}" if not population else "the same mtrl train command with --resume auto"
         print(
-            f"\n{name} received: stopped after step {step}, checkpoint written to {path}. "
-            f"Continue with: mtrl train --resume {run_dir}",
+            f"\n{name} received: stopped after step {step}, checkpoint written to {', '.join(map(str, paths))}. "
+            f"Continue with: {again}",
             file=sys.stderr,
         )
-    else:
-        write_status(run_dir, "finished", step, tcfg.total_steps, last_success=last_success)
-    return RunResult(run_dir, step, interrupted, last_success)
+    order = {d.resolve(): i for i, d in enumerate(run_dirs)}
+    return sorted(finished, key=lambda r: order.get(Path(r.run_dir).resolve(), -1))
+
+
+def _mean_success(members: Sequence[Member]) -> float | None:
+    rates = [m.last_success for m in members if m.last_success is not None]
+    return float(np.mean(rates)) if rates else None
+
+
+def _log_evaluation(m: Member, step: int, result: EvalResult) -> None:
+    """Log one evaluation of member ``m`` and take its rates as the member's performance signal."""
+    rates = [float(x) for x in result.success_rate]
+    m.logger.log_eval(step, rates)
+    m.perf = torch.tensor(rates, dtype=torch.float64)
+    m.last_success = float(np.mean(rates))
+    extra = {"eval/mean_success": m.last_success, "eval/mean_return": float(np.mean(result.mean_return))}
+    if m.main_task is not None:
+        extra["eval/main_success"] = rates[m.main_task]
+    for key, agg in m.aggregators.items():  # PIVRG and PI-methods: the omega this evaluation sets
+        if agg.name == "pivrg" or getattr(agg, "pi", False):
+            settings = {k: getattr(agg, k) for k in ("bound", "min_temperature") if hasattr(agg, k)}  # PIVRG's own
+            omega, tau = performance_weights(success_to_performance_drop(m.perf), **settings)
+            extra[f"{key}/omega"] = [float(w) for w in omega]
+            extra[f"{key}/tau"] = tau
+    m.logger.log(step, extra)
+
+
+def _drop_failed(live: list[Member], failed: Sequence[Any], learner: Any, skipped: dict[str, torch.Tensor], step: int) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Members whose update raised (``failed[s]`` an exception) are marked failed in their own
+    ``status.json`` with the cause and leave the population; the others go on unchanged."""
+    drop = [s for s, error in enumerate(failed) if error is not None]
+    for s in drop:
+        m, error = live[s], failed[s]
+        m.failed, m.failed_step = f"{type(error).__name__}: {error}", step
+        print(f"member seed {m.cfg.seed} ({m.run_dir}) failed at step {step}: {m.failed}; the other members go on", file=sys.stderr)
+        m.close("failed", step, error=m.failed)
+    keep = [s for s in range(len(live)) if s not in drop]
+    live[:] = [live[s] for s in keep]
+    if not live:
+        return learner, skipped
+    index = torch.tensor(keep, device=next(iter(skipped.values())).device)
+    return learner.without(drop), {key: total[index] for key, total in skipped.items()}
 
 
 def checkpoint_policy(state: dict[str, Any], obs_dim: int, action_dim: int, num_tasks: int, device: str) -> Any:
