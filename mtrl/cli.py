@@ -7,6 +7,7 @@ and exit with status 2; nothing else is caught here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -18,21 +19,24 @@ _BENCHES = ("aggregators", "jacobian", "update", "collect", "step", "population"
 _MODULE_COMMANDS = {"sweep": "mtrl.sweep", "report": "mtrl.report", "inspect": "mtrl.inspection"}
 
 
-def _default_run_dir(config_path: Path, seed: int) -> Path:
+def _default_run_dir(config_path: Path, seed: int | str) -> Path:
     return Path("runs") / f"{config_path.stem}" / f"seed{seed}"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mtrl.config import load_config
+    from mtrl.config import load_config, parse_seeds
 
     overrides = list(args.set or [])
     resume = args.resume
     run_dir = Path(args.run_dir) if args.run_dir else None
     config_path = Path(args.config) if args.config else None
+    if args.seeds is not None and args.seed is not None:
+        raise ValueError(f"give --seed N (one run) or --seeds {args.seeds} (a population), not both")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     resume_dir = None
     if resume not in (None, "auto"):
         resume_dir = Path(resume)
-        if run_dir is not None and run_dir.resolve() != resume_dir.resolve():
+        if run_dir is not None and run_dir != resume_dir and run_dir.resolve() != resume_dir.resolve():
             raise ValueError(f"--run-dir {run_dir} and --resume {resume_dir} name different directories")
         run_dir = resume_dir
     if config_path is None and resume_dir is None:
@@ -44,24 +48,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if config_path is None:  # the config the run has now: config.yaml with config_history.jsonl applied
         from mtrl.runs import load_run_config
 
-        cfg = load_run_config(resume_dir, overrides)
-        config_path = resume_dir / "config.yaml"
+        first = resume_dir
+        if "{seed}" in str(resume_dir):  # a population: its members share everything but the seed
+            if seeds is None:
+                raise ValueError(f"--resume {resume_dir} names a population's run directories: give its --seeds too")
+            from mtrl.train import member_run_dir
+
+            first = member_run_dir(resume_dir, seeds[0])
+        cfg = load_run_config(first, overrides)
+        config_path = first / "config.yaml"
     else:
         cfg = load_config(config_path, overrides)
+    if seeds is None and cfg.seeds is not None and args.seed is None:
+        seeds = parse_seeds(cfg.seeds)
     if cfg.train.video_every:
         from mtrl.video import configure_headless_gl
 
         configure_headless_gl()  # before mtrl.train imports MuJoCo
-    from mtrl.train import train
+    from mtrl.train import train, train_population
 
+    if seeds is not None and len(seeds) > 1:
+        template = run_dir if run_dir is not None else _default_run_dir(config_path, "{seed}")
+        results = train_population(cfg, seeds, template, resume=resume, force=args.force)
+        for result in results:
+            success = "n/a" if result.last_success is None else f"{result.last_success:.3f}"
+            print(f"done: {result.run_dir}: {result.steps_done} steps, last mean success {success}")
+        if any(result.interrupted for result in results):
+            return 143
+        return 0 if all((read := _status(result.run_dir)) is None or read.get("state") != "failed" for result in results) else 1
+    if seeds is not None:
+        cfg = dataclasses.replace(cfg, seed=seeds[0], seeds=None)
+    elif cfg.seeds is not None:
+        cfg = dataclasses.replace(cfg, seeds=None)  # --seed N picks one run of a population's config
     if run_dir is None:
         run_dir = _default_run_dir(config_path, cfg.seed)
+    elif "{seed}" in str(run_dir):
+        run_dir = Path(str(run_dir).replace("{seed}", str(cfg.seed)))
     result = train(cfg, run_dir, resume=resume, force=args.force)
     if result.interrupted:
         return 143
     success = "n/a" if result.last_success is None else f"{result.last_success:.3f}"
     print(f"done: {result.steps_done} steps, last mean success {success}; outputs in {result.run_dir}")
     return 0
+
+
+def _status(run_dir: Path) -> dict | None:
+    from mtrl.metrics import read_status
+
+    return read_status(run_dir)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -111,10 +145,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a multi-task SAC agent")
     p.add_argument("config", nargs="?", help="YAML config (optional with --resume RUN_DIR)")
     p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--seeds", metavar="SEEDS",
+                   help="train a population: these seeds (0-9, 0,3,7) in one process, one run directory each")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--run-dir", help="output directory (default runs/<config>/seed<N>)")
-    p.add_argument("--resume", metavar="RUN_DIR|auto", help="continue from the newest valid checkpoint")
+    p.add_argument("--run-dir", help="output directory (default runs/<config>/seed<N>); with --seeds it holds {seed}")
+    p.add_argument("--resume", metavar="RUN_DIR|auto",
+                   help="continue from the newest valid checkpoint; a population: auto, or its run directories with {seed}")
     p.add_argument("--force", action="store_true",
                    help="resume even if the config changes keys that change the run's results (recorded in config_history.jsonl)")
 

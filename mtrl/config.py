@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -37,6 +38,7 @@ __all__ = [
     "identity_keys",
     "is_resume_allowed",
     "load_config",
+    "parse_seeds",
     "resolved_flat_config",
     "save_config",
 ]
@@ -252,10 +254,15 @@ class Config:
         seed: the run's seed; every RNG of the run derives from it.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
         main_task: name of the main task for auxiliary-learning methods (None: all tasks).
+        seeds: train a population (``mtrl train --seeds``): the members' seeds as "0-9", "0,3,7"
+            or "0-3,8" (``parse_seeds``), every member a run of this config with its own seed,
+            all in one process (``agents/population.py``); None: the single run of ``seed``.
+            Each member's own ``config.yaml`` holds its ``seed`` and no ``seeds``.
     """
 
     name: str = "run"
     seed: int = 0
+    seeds: str | int | None = None
     device: str = "auto"
     main_task: str | None = None
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -333,10 +340,42 @@ def _check_values(cfg: Config) -> None:
         )
     if cfg.train.wandb.mode != "disabled" and not cfg.train.wandb.project:
         raise ConfigError(f"train.wandb.project must be set when train.wandb.mode is {cfg.train.wandb.mode!r}")
+    if cfg.seeds is not None:
+        parse_seeds(cfg.seeds)
     _check_aggregator(cfg.aggregator)
     device = cfg.device
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got {device!r}")
+
+
+def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
+    """Seeds of a population from ``"0-9"``, ``"0,3,7"``, ``"0-3,8"``, an int or a list of ints;
+    distinct, in the order given. A clear error names the bad part."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        parts: list[Any] = [text]
+    elif isinstance(text, (list, tuple)):
+        parts = list(text)
+    else:
+        parts = [p.strip() for p in str(text).split(",")]
+    seeds: list[int] = []
+    for part in parts:
+        if isinstance(part, int) and not isinstance(part, bool):
+            chunk = [part]
+        else:
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", str(part))
+            if match is None or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+                raise ConfigError(f"seeds: {part!r} is neither a seed (0, 1, ...) nor a range a-b with a <= b; e.g. 0-9 or 0,3,7")
+            first = int(match.group(1))
+            chunk = list(range(first, int(match.group(2) or first) + 1))
+        if any(s < 0 for s in chunk):
+            raise ConfigError(f"seeds: {part!r} is negative; seeds are integers >= 0")
+        seeds += chunk
+    if not seeds:
+        raise ConfigError(f"seeds: {text!r} names no seed; e.g. 0-9 or 0,3,7")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds: {text!r} names seed(s) {repeated} more than once; each member needs its own seed")
+    return seeds
 
 
 def _check_aggregator(agg: AggregatorConfig) -> None:
@@ -482,6 +521,7 @@ def replace(cfg: Config, **changes: Any) -> Config:
 #: added later, is part of the run's identity: ``config_changes`` marks a change of it as not allowed.
 RESUME_ALLOWED = (
     "name",
+    "seeds",
     "device",
     "train.total_steps",
     "train.log_every",

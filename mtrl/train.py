@@ -35,7 +35,7 @@ from mtrl import checkpoint as ckpt
 from mtrl.aggregators import REGISTRY, Aggregator, make
 from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
 from mtrl import provenance
-from mtrl.config import ABSENT, RESUME_ALLOWED, Config, ConfigChange, ConfigError, config_changes, config_from_dict, config_to_dict, save_config
+from mtrl.config import ABSENT, RESUME_ALLOWED, parse_seeds, Config, ConfigChange, ConfigError, config_changes, config_from_dict, config_to_dict, save_config
 from mtrl.evaluate import EvalResult, evaluate
 from mtrl.jacobian import configure_allocator
 from mtrl.metrics import MetricsLogger, ProgressLine, read_metrics, read_status, truncate_metric_files, write_status
@@ -331,36 +331,6 @@ def _record_resume(
     notes += differ
     entry["resume"] = {"exact": not notes, "notes": notes}
     append_jsonl(run_dir / CONFIG_HISTORY, records)
-
-
-def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
-    """Seeds of a population from ``"0-9"``, ``"0,3,7"``, ``"0-3,8"``, an int or a list of ints;
-    distinct, in the order given. A clear error names the bad part."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        parts: list[Any] = [text]
-    elif isinstance(text, (list, tuple)):
-        parts = list(text)
-    else:
-        parts = [p.strip() for p in str(text).split(",")]
-    seeds: list[int] = []
-    for part in parts:
-        if isinstance(part, int) and not isinstance(part, bool):
-            chunk = [part]
-        else:
-            match = re.fullmatch(r"(\d+)(?:-(\d+))?", str(part))
-            if match is None or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
-                raise ConfigError(f"seeds: {part!r} is neither a seed (0, 1, ...) nor a range a-b with a <= b; e.g. 0-9 or 0,3,7")
-            first = int(match.group(1))
-            chunk = list(range(first, int(match.group(2) or first) + 1))
-        if any(s < 0 for s in chunk):
-            raise ConfigError(f"seeds: {part!r} is negative; seeds are integers >= 0")
-        seeds += chunk
-    if not seeds:
-        raise ConfigError(f"seeds: {text!r} names no seed; e.g. 0-9 or 0,3,7")
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise ConfigError(f"seeds: {text!r} names seed(s) {repeated} more than once; each member needs its own seed")
-    return seeds
 
 
 def member_run_dir(template: Path | str, seed: int) -> Path:
@@ -688,7 +658,7 @@ def train_population(
         raise ConfigError(f"{len(seeds)} seeds need {len(seeds)} run directories, got {len(run_dirs)}")
     if len({d.resolve() for d in run_dirs}) != len(run_dirs):
         raise ConfigError(f"members need distinct run directories, got {[str(d) for d in run_dirs]}")
-    cfgs = [dataclasses.replace(cfg, seed=seed) for seed in seeds]
+    cfgs = [dataclasses.replace(cfg, seed=seed, seeds=None) for seed in seeds]
     return _train(cfgs, run_dirs, resume=resume, force=force, checkpoint_writer=checkpoint_writer)
 
 
@@ -774,8 +744,11 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
             env.obs_dim, env.action_dim, K, cfg,
         )
         learner.population.jacobian_method = cfg.aggregator.jacobian
-        m = members[0]  # what a population cannot run is refused before anything is written
-        learner.population._check_supported([m.aggregators["critic"]], [m.aggregators["actor"]], [m.temperature_agg], m.hyper_batches, False)
+        # what a population cannot run is refused before anything is written
+        learner.population._check_supported(
+            [m.aggregators["critic"] for m in members], [m.aggregators["actor"] for m in members],
+            [m.temperature_agg for m in members], members[0].hyper_batches, False,
+        )
         del agents
     else:
         learner = _SingleLearner(agents[0])
