@@ -11,6 +11,12 @@ over its tasks. Every task is seeded by its benchmark index, so the same seeds g
 observations, rewards and episode bookkeeping as the in-process env whatever the shards, and a
 ``state_dict`` of either loads into the other.
 
+Populations of seeds (``mtrl.envs.population.PopulationEnv``, docs/design.md §9) use the same
+protocol: ``ShardedEnv`` steps S members x K tasks as S * K rows (row ``s * K + k``: task ``k`` of
+member ``s``) dealt into the shards by the same balancing (each row costs its task's cost), and a
+shard runs one ``MultiTaskEnv`` per member with rows there (``_Shard``). ``ParallelMultiTaskEnv``
+is its one-member case (rows are task indices).
+
 With ``local_shard=True`` (what the trainer uses) the calling process steps the lightest shard
 itself while N - 1 worker processes step the others: the process that would otherwise
 sleep until the workers answer does a worker's share, one process and one round trip fewer per

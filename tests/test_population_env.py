@@ -14,7 +14,7 @@ import signal
 import numpy as np
 import pytest
 
-from mtrl.envs.metaworld import MultiTaskEnv, StepResult
+from mtrl.envs.metaworld import MultiTaskEnv, StepInFlightError, StepResult
 from mtrl.envs.population import PopulationEnv
 from mtrl.envs.task_costs import STEP_MS
 from mtrl.envs.workers import EnvWorkerError, ParallelMultiTaskEnv
@@ -139,8 +139,31 @@ def test_bad_input_is_a_clear_error(in_tmp):
             env.member_state_dict(2)
         with pytest.raises(ValueError, match="environment state is for 10 tasks, this env has 1"):
             env.load_member_state_dict(0, {"task_rng": np.zeros((10, 10))})
+        env.step_async(np.zeros((2, 1, 4)))  # in flight: a member's state belongs to no step
+        for request in (lambda: env.member_state_dict(0), lambda: env.load_member_state_dict(0, {"task_rng": np.zeros((1, 10))}), env.reset):
+            with pytest.raises(StepInFlightError, match="a step is in flight"):
+                request()
+        assert len(env.step_wait()) == 2
     finally:
         env.close()
+
+
+def test_members_with_goal_seeds_and_heldout_goals_step_like_their_single_envs(in_tmp):
+    """An evaluation population: own seeds, the goal sets of other seeds (or their own), held out."""
+    env = PopulationEnv("MT1-reach-v3", [10, 11], goal_seeds=[0, None], heldout_goals=True, workers=2, max_episode_steps=5)
+    singles = [MultiTaskEnv("MT1-reach-v3", seed, goal_seed=goal_seed, heldout_goals=True, max_episode_steps=5) for seed, goal_seed in ((10, 0), (11, 11))]
+    try:
+        assert env.goal_seeds == [0, 11] and len(env.pids) == 1
+        assert np.array_equal(env.reset(), np.stack([single.reset() for single in singles]))
+        actions = np.random.default_rng(2).uniform(-1, 1, size=(12, 2, 1, 4)).astype(np.float32)
+        steps = [env.step(a) for a in actions]
+        for s, single in enumerate(singles):
+            assert_same_steps([step[s] for step in steps], [single.step(a[s]) for a in actions])
+            _assert_same_tensors(env.member_state_dict(s), single.state_dict(), f"member {s}")
+    finally:
+        env.close()
+        for single in singles:
+            single.close()
 
 
 def test_a_killed_worker_is_a_clear_error_naming_its_member_rows(in_tmp):
