@@ -11,6 +11,12 @@ over its tasks. Every task is seeded by its benchmark index, so the same seeds g
 observations, rewards and episode bookkeeping as the in-process env whatever the shards, and a
 ``state_dict`` of either loads into the other.
 
+Populations of seeds (``mtrl.envs.population.PopulationEnv``, docs/design.md §9) use the same
+protocol: ``ShardedEnv`` steps S members x K tasks as S * K rows (row ``s * K + k``: task ``k`` of
+member ``s``) dealt into the shards by the same balancing (each row costs its task's cost), and a
+shard runs one ``MultiTaskEnv`` per member with rows there (``_Shard``). ``ParallelMultiTaskEnv``
+is its one-member case (rows are task indices).
+
 With ``local_shard=True`` (what the trainer uses) the calling process steps the lightest shard
 itself while N - 1 worker processes step the others: the process that would otherwise
 sleep until the workers answer does a worker's share, one process and one round trip fewer per
@@ -75,7 +81,7 @@ import select
 import signal
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
@@ -86,7 +92,7 @@ from mtrl.envs.metaworld import (
 )
 from mtrl.envs.task_costs import STEP_MS
 
-__all__ = ["EnvWorkerError", "ParallelMultiTaskEnv", "assign_tasks"]
+__all__ = ["EnvWorkerError", "ParallelMultiTaskEnv", "ShardedEnv", "assign_tasks"]
 
 START_METHODS = ("spawn", "forkserver", "fork")
 _RESULT_FIELDS = (
@@ -178,14 +184,57 @@ def _spin_limit(spin_ms: float, stepping_processes: int) -> float:
     return spin_ms / 1000 if stepping_processes <= cores else 0.0
 
 
-def _worker(conn, env_kwargs: dict, goal_sets, buffers: dict, layout: dict, spin_s: float = 0.0) -> None:
-    """A worker process: build its tasks' env, then answer commands until ``close`` or EOF."""
+class _Shard:
+    """The envs of one shard, in a worker process or (the local shard) in the calling one.
+
+    A shard holds rows of the shared arrays; row ``s * K + k`` is task ``k`` of member ``s`` (a
+    ``ParallelMultiTaskEnv`` has one member, so its rows are its task indices). Each member with
+    rows here has one ``MultiTaskEnv`` over its tasks of this shard (a *part*: ``member``, ``rows``
+    and the env's keyword arguments ``env``); every task is seeded by its member's seed and its
+    benchmark index, so a part steps exactly like those rows of the member's whole env."""
+
+    def __init__(self, parts: list[dict], goal_sets: list[list]) -> None:
+        self.members = [int(part["member"]) for part in parts]
+        self.rows = [np.asarray(part["rows"], dtype=np.int64) for part in parts]
+        self.envs: list[MultiTaskEnv] = []
+        for part, goals in zip(parts, goal_sets):
+            self.envs.append(MultiTaskEnv(**part["env"], goal_sets=goals))
+
+    def step(self, views: dict[str, np.ndarray]) -> None:
+        for env, rows in zip(self.envs, self.rows):
+            result = env.step(views["actions"][rows])
+            for name in _RESULT_FIELDS:
+                views[name][rows] = getattr(result, name)
+
+    def reset(self, views: dict[str, np.ndarray]) -> None:
+        for env, rows in zip(self.envs, self.rows):
+            views["obs"][rows] = env.reset()
+
+    def state(self, member: int) -> list[dict]:
+        """``numpy_state`` of each of ``member``'s parts here, in part order."""
+        return [env.numpy_state() for env, s in zip(self.envs, self.members) if s == member]
+
+    def load(self, views: dict[str, np.ndarray], payload: tuple[int, list[dict]]) -> None:
+        """Load ``states`` (one per part of ``member`` here, in part order)."""
+        member, states = payload
+        mine = [(env, rows) for env, rows, s in zip(self.envs, self.rows, self.members) if s == member]
+        if len(mine) != len(states):
+            raise ValueError(f"{len(states)} states for the {len(mine)} parts of member {member} in this shard")
+        for (env, rows), state in zip(mine, states):
+            views["obs"][rows] = env.load_numpy_state(state)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _worker(conn, parts: list[dict], goal_sets, buffers: dict, layout: dict, spin_s: float = 0.0) -> None:
+    """A worker process: build its shard, then answer commands until ``close`` or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (module docstring)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     views = _views(buffers, layout)
-    mine = np.asarray(env_kwargs["tasks"], dtype=np.int64)  # this worker's rows of the shared arrays
     try:
-        env = MultiTaskEnv(**env_kwargs, goal_sets=pickle.loads(np.frombuffer(goal_sets, dtype=np.uint8).tobytes()))
+        shard = _Shard(parts, pickle.loads(np.frombuffer(goal_sets, dtype=np.uint8).tobytes()))
     except Exception:
         conn.send(("error", traceback.format_exc()))
         return
@@ -205,16 +254,14 @@ def _worker(conn, env_kwargs: dict, goal_sets, buffers: dict, layout: dict, spin
         try:
             reply = None
             if command == "step":
-                result = env.step(views["actions"][mine])
-                for name in _RESULT_FIELDS:
-                    views[name][mine] = getattr(result, name)
+                shard.step(views)
                 reply = time.perf_counter() - begun  # this shard's stepping time (``last_step_s``)
             elif command == "reset":
-                views["obs"][mine] = env.reset()
+                shard.reset(views)
             elif command == "state":
-                reply = env.numpy_state()
+                reply = shard.state(payload)
             elif command == "load":
-                views["obs"][mine] = env.load_numpy_state(payload)
+                shard.load(views, payload)
             else:
                 raise ValueError(f"unknown env worker command {command!r}")
             answer = ("ok", reply)
@@ -224,7 +271,7 @@ def _worker(conn, env_kwargs: dict, goal_sets, buffers: dict, layout: dict, spin
             conn.send(answer)
         except (BrokenPipeError, OSError):  # the parent is gone or gave up on this worker
             break
-    env.close()
+    shard.close()
 
 
 def _shutdown(processes: list, conns: list) -> None:
@@ -244,24 +291,27 @@ def _shutdown(processes: list, conns: list) -> None:
         conn.close()
 
 
-class ParallelMultiTaskEnv(AsyncStepping):
-    """The tasks of a MetaWorld benchmark in ``workers`` processes (see the module docstring).
+
+
+class ShardedEnv(AsyncStepping):
+    """The worker protocol of this module for S members (seeds) x K tasks: the rows (member,
+    task) dealt into ``workers`` shards balanced by step cost, each stepped by a worker process or,
+    the lightest with ``local_shard``, by this one. ``ParallelMultiTaskEnv`` is its one-member case
+    and ``mtrl.envs.population.PopulationEnv`` the population; subclasses give the public shapes.
 
     Args:
-        benchmark, seed, max_episode_steps, terminate_on_success, goal_seed, heldout_goals: as ``MultiTaskEnv``.
-        workers: number of shards the tasks are dealt into, at most one per task (more are not
-            made); each shard runs in its own worker process, except the first with ``local_shard``.
-        local_shard: step the lightest shard in this process (``workers - 1`` worker processes).
-        start_method: ``spawn`` (default), ``forkserver`` or ``fork`` (module docstring).
-        timeout_s: longest wait for one answer (startup included) before a worker counts as hung.
-        spin_ms: longest a process polls a pipe before it blocks (module docstring; 0: block at
-            once); off when the stepping processes outnumber the usable cores.
+        benchmark, max_episode_steps, terminate_on_success, heldout_goals: as ``MultiTaskEnv``.
+        seeds: every member's seed (row ``s * K + k`` is task ``k`` of member ``s``).
+        goal_seeds: every member's goal seed (None: its seed); each member's goal sets are
+            sampled once here and sent to the workers.
+        workers, local_shard, start_method, timeout_s, spin_ms: as ``ParallelMultiTaskEnv``.
+        lead: leading shape of the arrays the public methods take and return, ``(K,)`` or ``(S, K)``.
     """
 
     def __init__(
-        self, benchmark: str, seed: int, *, workers: int, max_episode_steps: int = 500,
-        terminate_on_success: bool = False, goal_seed: int | None = None, local_shard: bool = False,
-        start_method: str = "spawn", timeout_s: float = 600.0, spin_ms: float = 5.0, heldout_goals: bool = False,
+        self, benchmark: str, seeds: Sequence[int], goal_seeds: Sequence[int], *, workers: int, max_episode_steps: int,
+        terminate_on_success: bool, local_shard: bool, start_method: str, timeout_s: float, spin_ms: float,
+        heldout_goals: bool, lead: tuple[int, ...],
     ) -> None:
         names = benchmark_task_names(benchmark)
         _check_episode_steps(max_episode_steps)
@@ -278,10 +328,17 @@ class ParallelMultiTaskEnv(AsyncStepping):
         self.num_tasks = K = len(names)
         self.max_episode_steps = max_episode_steps
         self.terminate_on_success = terminate_on_success
-        self.goal_seed = seed if goal_seed is None else goal_seed
         self.heldout_goals = bool(heldout_goals)
+        self._seeds = [int(seed) for seed in seeds]
+        self._goal_seeds = [int(seed) for seed in goal_seeds]
+        self._lead = lead
+        S = len(self._seeds)
         sets = heldout_goal_sets if self.heldout_goals else task_goal_sets
-        self.goal_sets = sets(benchmark, self.goal_seed)  # sampled once here, sent to the workers
+        by_goal_seed: dict[int, list] = {}
+        for goal_seed in self._goal_seeds:  # sampled once per goal seed here, sent to the workers
+            if goal_seed not in by_goal_seed:
+                by_goal_seed[goal_seed] = sets(benchmark, goal_seed)
+        self._goal_sets = [by_goal_seed[goal_seed] for goal_seed in self._goal_seeds]
         self.timeout_s = timeout_s
         probe = ALL_V3_ENVIRONMENTS[names[0]]()  # the spaces, to size the shared arrays before the workers start
         self.action_low = np.asarray(probe.action_space.low, dtype=np.float32)
@@ -290,15 +347,18 @@ class ParallelMultiTaskEnv(AsyncStepping):
         self.obs_dim = int(probe.observation_space.shape[0])
         probe.close()
 
-        self._shards = assign_tasks(names, workers)  # the lightest first: the local one, with local_shard
+        # each row costs its task's step: the lightest shard first (the local one, with local_shard)
+        self._shards = assign_tasks([names[r % K] for r in range(S * K)], workers)
         self.workers = len(self._shards)
-        self._local_tasks = self._shards[0] if local_shard else []
+        self._parts = [self._shard_parts(rows, max_episode_steps, terminate_on_success) for rows in self._shards]
+        self._local_tasks = self._shards[0] if local_shard else []  # rows (task indices with one member)
         self._tasks = self._shards[1:] if local_shard else self._shards  # one per worker process
-        self._local: MultiTaskEnv | None = None
+        worker_parts = self._parts[1:] if local_shard else self._parts
+        self._local: _Shard | None = None
         # every shard's process steps at once, and without a local shard this one waits beside them
         self.spin_s = _spin_limit(spin_ms, self.workers + (0 if local_shard else 1))
         context = multiprocessing.get_context(start_method)
-        layout = _layout(K, self.obs_dim, self.action_dim)
+        layout = _layout(S * K, self.obs_dim, self.action_dim)
         buffers = {name: context.RawArray("B", int(np.prod(shape)) * np.dtype(dtype).itemsize) for name, (dtype, shape) in layout.items()}
         self._views = _views(buffers, layout)
         self._processes: list = []
@@ -308,21 +368,17 @@ class ParallelMultiTaskEnv(AsyncStepping):
         # runs on close(), on garbage collection and at interpreter exit, before multiprocessing's
         # own exit handler (which would SIGTERM the workers, which they ignore, and join forever)
         self._finalizer = multiprocessing.util.Finalize(self, _shutdown, args=(self._processes, self._conns), exitpriority=10)
-        for w, tasks in enumerate(self._tasks):
-            env_kwargs = dict(
-                benchmark=benchmark, seed=seed, max_episode_steps=max_episode_steps, terminate_on_success=terminate_on_success,
-                goal_seed=self.goal_seed, tasks=tasks, heldout_goals=self.heldout_goals,
-            )
+        for w, parts in enumerate(worker_parts):
             # The goal variations (about 16 KB per task) travel in shared memory, not as arguments:
             # spawn writes the arguments into a pipe whose reading end the parent keeps open, so an
             # argument larger than the pipe buffer hangs Process.start() for good if the child dies
             # before reading it (for example in an unguarded main module).
-            blob = pickle.dumps([self.goal_sets[k] for k in tasks])
+            blob = pickle.dumps(self._part_goal_sets(parts))
             goal_sets = context.RawArray("B", len(blob))
             np.frombuffer(goal_sets, dtype=np.uint8)[:] = np.frombuffer(blob, dtype=np.uint8)
             parent_end, child_end = context.Pipe()
             process = context.Process(
-                target=_worker, args=(child_end, env_kwargs, goal_sets, buffers, layout, self.spin_s),
+                target=_worker, args=(child_end, parts, goal_sets, buffers, layout, self.spin_s),
                 name=f"mtrl-env-worker-{w}", daemon=True,
             )
             process.start()
@@ -331,17 +387,33 @@ class ParallelMultiTaskEnv(AsyncStepping):
             self._conns.append(parent_end)
         self._spin = _Spin(self.spin_s, [conn.fileno() for conn in self._conns])
         if local_shard:  # built while the workers start
-            self._local = MultiTaskEnv(
-                benchmark, seed, max_episode_steps=max_episode_steps, terminate_on_success=terminate_on_success,
-                goal_seed=self.goal_seed, tasks=self._local_tasks, goal_sets=[self.goal_sets[k] for k in self._local_tasks],
-                heldout_goals=self.heldout_goals,
-            )
+            self._local = _Shard(self._parts[0], self._part_goal_sets(self._parts[0]))
         self._gather("start")
 
+    def _shard_parts(self, rows: list[int], max_episode_steps: int, terminate_on_success: bool) -> list[dict]:
+        """A shard's parts (``_Shard``): one per member with rows in it, in member order."""
+        K = self.num_tasks
+        parts = []
+        for s in sorted({r // K for r in rows}):
+            mine = [r for r in rows if r // K == s]
+            env = dict(
+                benchmark=self.benchmark, seed=self._seeds[s], max_episode_steps=max_episode_steps,
+                terminate_on_success=terminate_on_success, goal_seed=self._goal_seeds[s], tasks=[r - s * K for r in mine],
+                heldout_goals=self.heldout_goals,
+            )
+            parts.append({"member": s, "rows": mine, "env": env})
+        return parts
+
+    def _part_goal_sets(self, parts: list[dict]) -> list[list]:
+        return [[self._goal_sets[part["member"]][k] for k in part["env"]["tasks"]] for part in parts]
+
     # ---- talking to the workers -----------------------------------------------------------
+    def _describe_rows(self, rows: list[int]) -> str:
+        """Rows in words, for error messages: ``tasks reach-v3, push-v3`` (one member)."""
+        return "tasks " + ", ".join(self.task_names[r % self.num_tasks] for r in rows)
+
     def _describe(self, w: int) -> str:
-        names = ", ".join(self.task_names[k] for k in self._tasks[w])
-        return f"env worker {w} (pid {self._processes[w].pid}, tasks {names})"
+        return f"env worker {w} (pid {self._processes[w].pid}, {self._describe_rows(self._tasks[w])})"
 
     def _fail(self, message: str) -> None:
         self._error = message
@@ -380,7 +452,7 @@ class ParallelMultiTaskEnv(AsyncStepping):
             try:
                 mine = None if local is None else local()
             except Exception as error:  # the workers' answers would answer the next command
-                self._error = f"the local shard ({self._local_names()}) raised during {command!r}: {error!r}"
+                self._error = f"the local shard ({self._describe_rows(self._local_tasks)}) raised during {command!r}: {error!r}"
                 self._finalizer()
                 raise
             return [*self._gather(command), mine]
@@ -388,9 +460,6 @@ class ParallelMultiTaskEnv(AsyncStepping):
             self._error = f"interrupted while the env workers ran {command!r}"
             self._finalizer()
             raise
-
-    def _local_names(self) -> str:
-        return ", ".join(self.task_names[k] for k in self._local_tasks)
 
     def _gather(self, command: str) -> list:
         """Every worker's answer to ``command``, waiting on pipes and process sentinels."""
@@ -441,73 +510,96 @@ class ParallelMultiTaskEnv(AsyncStepping):
             self._fail("\n".join(failures))
         return replies
 
-    # ---- the MultiTaskEnv interface -------------------------------------------------------
-    def _on_local(self, work: Callable[[MultiTaskEnv], Any]) -> Callable[[], Any] | None:
-        """``work`` on the local shard's env, or None without one."""
+    # ---- every shard at once --------------------------------------------------------------
+    def _on_local(self, work: Callable[[_Shard], Any]) -> Callable[[], Any] | None:
+        """``work`` on the local shard, or None without one."""
         return None if self._local is None else (lambda: work(self._local))
 
+    def _shaped(self, array: np.ndarray) -> np.ndarray:
+        """A copy of a shared array with the public leading shape (``lead``)."""
+        return array.reshape(*self._lead, *array.shape[1:]).copy()
+
+    def _checked_actions(self, actions: np.ndarray) -> np.ndarray:
+        actions = np.array(actions, dtype=np.float32)  # a copy: the caller may reuse its array before step_wait
+        if actions.shape != (*self._lead, self.action_dim):
+            raise ValueError(f"actions must have shape {(*self._lead, self.action_dim)}, got {actions.shape}")
+        return actions
+
     def reset(self) -> np.ndarray:
-        """Start a new episode on every task; returns observations [K, obs_dim] float32."""
-        mine = self._local_tasks
+        """Start a new episode on every row; returns the observations [*lead, obs_dim] float32."""
+        self._request("reset", local=self._on_local(lambda shard: shard.reset(self._views)))
+        return self._shaped(self._views["obs"])
 
-        def reset_local(env: MultiTaskEnv) -> None:
-            self._views["obs"][mine] = env.reset()
-
-        self._request("reset", local=self._on_local(reset_local))
-        return self._views["obs"].copy()
-
-    def step(self, actions: np.ndarray) -> StepResult:
+    def step(self, actions: np.ndarray):
         self._idle("step")
         self.step_async(actions)
         return self.step_wait()
 
     def step_async(self, actions: np.ndarray) -> None:
-        """Launch a step: the worker processes start on their tasks and this returns at once
+        """Launch a step: the worker processes start on their rows and this returns at once
         (module docstring); ``step_wait`` steps the local shard and returns the result."""
         self._idle("step_async")  # in flight, the action rows are the workers'
-        actions = self._checked_actions(actions)  # [K, A]
-        self._views["actions"][:] = actions
+        actions = self._checked_actions(actions)  # [*lead, A]
+        self._views["actions"][:] = actions.reshape(-1, self.action_dim)
         self._send("step")
         self._pending_actions = actions
 
-    def step_wait(self) -> StepResult:
-        """The local shard's step (if any), then the workers' answers: the ``StepResult``."""
+    def step_wait(self):
+        """The local shard's step (if any), then the workers' answers: the result."""
         if self._pending_actions is None:
-            raise StepInFlightError("ParallelMultiTaskEnv.step_wait: no step in flight; call step_async(actions) first")
-        actions, self._pending_actions = self._pending_actions, None
-        mine = self._local_tasks
+            raise StepInFlightError(f"{type(self).__name__}.step_wait: no step in flight; call step_async(actions) first")
+        self._pending_actions = None
         local_s = 0.0
 
-        def step_local(env: MultiTaskEnv) -> None:  # as a worker does (_worker)
+        def step_local(shard: _Shard) -> None:  # as a worker does (_worker)
             nonlocal local_s
             begun = time.perf_counter()
-            result = env.step(actions[mine])
-            for name in _RESULT_FIELDS:
-                self._views[name][mine] = getattr(result, name)
+            shard.step(self._views)
             local_s = time.perf_counter() - begun
 
         *worker_s, _ = self._finish("step", local=self._on_local(step_local))
         self.last_step_s = max([local_s, *worker_s])
-        return StepResult(**{name: self._views[name].copy() for name in _RESULT_FIELDS})
+        return self._result({name: self._shaped(self._views[name]) for name in _RESULT_FIELDS})
 
-    def state_dict(self) -> dict:
-        """The shards' states joined in task order: the same format as ``MultiTaskEnv.state_dict``."""
-        *parts, mine = self._request("state", local=self._on_local(MultiTaskEnv.numpy_state))
-        return to_tensors(join_tasks(parts if mine is None else [mine, *parts], self._shards, self.num_tasks))
+    def _result(self, fields: dict[str, np.ndarray]):
+        """The public step result from the ``StepResult`` fields with the leading shape ``lead``."""
+        raise NotImplementedError
 
-    def load_state_dict(self, state: dict) -> np.ndarray:
-        """Restore a state of this env, of another worker count or of an in-process env."""
-        state = from_tensors(state)
+    # ---- one member's state ---------------------------------------------------------------
+    def _check_member(self, s: Any) -> int:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < len(self._seeds):
+            raise ValueError(f"member must be an int in [0, {len(self._seeds)}), got {s!r}")
+        return int(s)
+
+    def _member_state(self, s: int) -> dict:
+        """Member ``s``'s state in numpy, its shards' parts joined in task order: exactly
+        ``MultiTaskEnv(benchmark, seeds[s], ...).numpy_state()``."""
+        s = self._check_member(s)
+        *replies, mine = self._request("state", [s] * len(self._conns), local=self._on_local(lambda shard: shard.state(s)))
+        local_parts = self._parts[0] if self._local is not None else []
+        shard_parts = [local_parts, *(self._parts[1:] if self._local is not None else self._parts)]
+        states, tasks = [], []
+        for parts, answer in zip(shard_parts, [mine or [], *replies]):
+            ours = [part for part in parts if part["member"] == s]
+            states.extend(answer)
+            tasks.extend(part["env"]["tasks"] for part in ours)
+        return join_tasks(states, tasks, self.num_tasks)
+
+    def _load_member(self, s: int, state: dict) -> np.ndarray:
+        """Restore member ``s`` from a numpy state of a single run's env (or of a member);
+        returns its observations [K, obs_dim]."""
+        s = self._check_member(s)
         K = len(state["task_rng"])
         if K != self.num_tasks:
             raise ValueError(f"environment state is for {K} tasks, this env has {self.num_tasks}")
-        mine = self._local_tasks
 
-        def load_local(env: MultiTaskEnv) -> None:
-            self._views["obs"][mine] = env.load_numpy_state(select_tasks(state, mine))
+        def payload(parts: list[dict]) -> tuple[int, list[dict]]:
+            return s, [select_tasks(state, part["env"]["tasks"]) for part in parts if part["member"] == s]
 
-        self._request("load", [select_tasks(state, tasks) for tasks in self._tasks], local=self._on_local(load_local))
-        return self._views["obs"].copy()
+        worker_parts = self._parts[1:] if self._local is not None else self._parts
+        local = self._on_local(lambda shard: shard.load(self._views, payload(self._parts[0])))
+        self._request("load", [payload(parts) for parts in worker_parts], local=local)
+        return self._views["obs"][s * K:(s + 1) * K].copy()
 
     def close(self) -> None:
         self._finalizer()
@@ -518,3 +610,42 @@ class ParallelMultiTaskEnv(AsyncStepping):
     def pids(self) -> list[int]:
         """Process ids of the worker processes (tests kill them; not the local shard's)."""
         return [process.pid for process in self._processes]
+
+
+class ParallelMultiTaskEnv(ShardedEnv):
+    """The tasks of a MetaWorld benchmark in ``workers`` processes (see the module docstring).
+
+    Args:
+        benchmark, seed, max_episode_steps, terminate_on_success, goal_seed, heldout_goals: as ``MultiTaskEnv``.
+        workers: number of shards the tasks are dealt into, at most one per task (more are not
+            made); each shard runs in its own worker process, except the first with ``local_shard``.
+        local_shard: step the lightest shard in this process (``workers - 1`` worker processes).
+        start_method: ``spawn`` (default), ``forkserver`` or ``fork`` (module docstring).
+        timeout_s: longest wait for one answer (startup included) before a worker counts as hung.
+        spin_ms: longest a process polls a pipe before it blocks (module docstring; 0: block at
+            once); off when the stepping processes outnumber the usable cores.
+    """
+
+    def __init__(
+        self, benchmark: str, seed: int, *, workers: int, max_episode_steps: int = 500,
+        terminate_on_success: bool = False, goal_seed: int | None = None, local_shard: bool = False,
+        start_method: str = "spawn", timeout_s: float = 600.0, spin_ms: float = 5.0, heldout_goals: bool = False,
+    ) -> None:
+        self.goal_seed = seed if goal_seed is None else goal_seed
+        super().__init__(
+            benchmark, [seed], [self.goal_seed], workers=workers, max_episode_steps=max_episode_steps,
+            terminate_on_success=terminate_on_success, local_shard=local_shard, start_method=start_method,
+            timeout_s=timeout_s, spin_ms=spin_ms, heldout_goals=heldout_goals, lead=(len(benchmark_task_names(benchmark)),),
+        )
+        self.goal_sets = self._goal_sets[0]
+
+    def _result(self, fields: dict[str, np.ndarray]) -> StepResult:
+        return StepResult(**fields)
+
+    def state_dict(self) -> dict:
+        """The shards' states joined in task order: the same format as ``MultiTaskEnv.state_dict``."""
+        return to_tensors(self._member_state(0))
+
+    def load_state_dict(self, state: dict) -> np.ndarray:
+        """Restore a state of this env, of another worker count or of an in-process env."""
+        return self._load_member(0, from_tensors(state))
