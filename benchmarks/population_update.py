@@ -36,7 +36,7 @@ from mtrl.jacobian import configure_allocator
 from mtrl.replay import Batch
 
 #: name -> (hidden, layers, transitions per task); K = 10, obs 39, action 4 (MetaWorld MT10)
-SIZES = {"quick": (64, 2, 32), "paper": (400, 3, 128)}
+SIZES = {"quick": (64, 2, 32), "paper": (400, 3, 128), "tiny": (16, 2, 4)}  # tiny: the tests' size
 K, OBS, ACT = 10, 39, 4
 OPS_TARGET = 1.3
 
