@@ -168,11 +168,25 @@ def host_comparisons(sizes: dict) -> dict:
 PAPER_REPLAY = 1_000_000  # train.replay_capacity of the paper configs (configs/mt10), split over the tasks
 
 
+def _peak_rss_kb() -> int | None:
+    """This process's peak resident set (kB) since its ``exec``: ``VmHWM`` of /proc/self/status
+    (Linux), None elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def memory_child(members: int, size: str, capacity: int) -> dict:
     """In this process: a population of ``members`` (networks ``size``, MT10 shapes) and one
     ``MultiTaskReplay`` of ``capacity`` transitions (over all K tasks) per member, every buffer
     written (untouched pages would not count), one update on a batch sampled from the replays;
-    returns the peak RSS in MB (``ru_maxrss``)."""
+    returns the peak RSS in MB (``VmHWM``: ``ru_maxrss`` would start from the parent's peak, which a
+    forked child inherits across ``exec``)."""
     import resource
 
     from mtrl.benchmarks import population_update as pu
@@ -193,7 +207,7 @@ def memory_child(members: int, size: str, capacity: int) -> dict:
     run.batch = pu._stack([replay.sample(B) for replay in replays])
     run.update()
     run.update()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = _peak_rss_kb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     replay_mb = sum(t.numel() * t.element_size() for r in replays for t in r._data.values()) / 2**20
     return {"members": members, "peak_rss_mb": peak_kb / 1024, "replay_mb": replay_mb}
 
