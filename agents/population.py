@@ -4,8 +4,8 @@
 states with a leading member dimension (``agents/networks.py`` with ``members=S``: weights
 [S, out, in], batched matmuls) and runs ONE update for all members: every tensor of the update is
 [S, K, B, ...] and every op is issued once, whatever S (the exceptions: one random draw per member
-and per draw, so that each member's noise comes from its own generator, and the host-side
-aggregator calls, one per member).
+and per draw, so that each member's noise comes from its own generator; on the host, the
+loss weightings' calls, one per member).
 
 The SAC maths is MTSAC's own: ``_critic_loss``, ``_actor_loss``, ``_soft_target`` and
 ``_temperature_loss`` are the functions of ``agents/mtsac.py`` (batch-polymorphic: they take the
@@ -17,7 +17,8 @@ One update of one component (critic or actor), for all members:
   G [S, K, P] from one backward pass (``dW_{s,k} = dZ_{s,k}^T A_{s,k}``, one batched matmul per
   layer over the S * K rows); the Gram matrices M = G G^T [S, K, K] are one batched matmul in G's
   dtype, and go to the host in ONE transfer with the losses; ``host_coefficients`` turns them into
-  each member's coefficients [S, K] (each member's own aggregator, its own state); one transfer
+  each member's coefficients [S, K] (each member's own aggregator and state, all members in one
+  ``population_coefficients`` call: the batched solvers of ``mtrl/aggregators/batched.py``); one transfer
   back and the directions ``d_s = c_s @ G_s`` are one batched matmul [S, P], written straight into
   the stacked gradient. Clipping is in the coefficients (norms from M: no device read).
 * every member that needs no G (loss weightings; Nash-MTL-T between weight updates): one
@@ -30,16 +31,26 @@ One update of one component (critic or actor), for all members:
 
 A member whose loss or G is non-finite skips its own step (``skipped_<component>`` [S]): its
 parameters, Adam moments and step counts stay bit-identical, the others step (``MemberAdam``).
+A member whose aggregator raises (any exception, on finite input) fails: ``update`` does not
+raise, it returns the exception in ``metrics["failed"][s]`` (a list [S] of exception or None) and
+that member skips the whole update (critic, actor, temperature and target critic untouched; its
+later components' aggregators are not called); the others step exactly as without it. The
+trainer then drops it (``member_state`` of the others, ``from_states``).
 Every metric is per member ([S] or [S, K] device tensors, per-member host arrays for the solver
 information), read once per log line by ``mtrl.metrics.read_metrics``; ``member_metrics`` gives one
 member's values in the format of ``MTSAC.update``'s.
 
 Exactness (CPU, one thread; tests/test_population.py): a member of a population {i, j, k} equals
-the same member of the population {i} bit for bit, and a member's update equals ``MTSAC.update``
-from the same state bit for bit for every registry method but CAGrad-Fast (fused and foreach
-Adam). CAGrad-Fast builds the full G and groups its rows on the host (``T M T^T``, the
-aggregator's own full-G path) where MTSAC builds the grouped rows on the device: the same method
-and the same sampled tasks, equal up to rounding. What this rests on, measured with MKL: each
+the same member of the population {i} bit for bit, for every method (the batched solvers keep
+each member's arithmetic its own: tests/aggregators/test_population.py and the learner tests
+for Nash-MTL, FairGrad, PIVRG, MGDA, IMTL-G and CAGrad). A member's update equals
+``MTSAC.update`` from the same state bit for bit for the methods whose host step loops (the
+loss weightings, LS with clipping, PCGrad; fused and foreach Adam). The batched solvers (Nash-MTL,
+FairGrad, PIVRG, MGDA, IMTL-G, CAGrad) reach the single path's coefficients within 1e-12
+relative, not bit for bit, so such a member's parameters agree with MTSAC's to float32 rounding
+(tested at 1e-6 relative after three updates). CAGrad-Fast builds the full G and groups its rows
+on the host (``T M T^T``, the aggregator's own full-G path) where MTSAC builds the grouped rows on
+the device: the same method and the same sampled tasks, equal up to rounding. What this rests on, measured with MKL: each
 member's matmuls are the single agent's products (``MemberLinear``), each member's outputs start
 at the single agent's 16-byte alignment (``mtrl.jacobian.GEMM_ALIGN``: it holds when K x B and
 K x P are multiples of 4, as in MT10/MT50 with even batch sizes; the test shapes are chosen so),
@@ -65,6 +76,7 @@ from torch.optim.adam import adam as functional_adam
 from mtrl.agents.mtsac import MTSAC
 from mtrl.agents.networks import Actor, Critic
 from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, LossWeighting
+from mtrl.aggregators.from_gram import population_coefficients
 from mtrl.aggregators.solvers import HOST_TRANSFER
 from mtrl.jacobian import member_gradients
 from mtrl.replay import Batch
@@ -91,44 +103,60 @@ def host_coefficients(
     *,
     dtype: torch.dtype = torch.float32,
     G: Tensor | None = None,
-    aggregations: list[Aggregation | None] | None = None,
+    aggregations: list[Any] | None = None,
+    failures: list[Exception | None] | None = None,
 ) -> np.ndarray:
     """Each member's coefficients [S, K] (float64) from its Gram matrix ``M[s]`` [K, K] (float64).
 
-    ``direction_s == coefficients[s] @ G_s`` exactly as the member's aggregator would return it
-    (clipping included). For now each member's aggregator is called on its own: the methods of
-    ``GRAM_SERVED`` with a zero-column G of ``dtype`` (G's dtype: it sets the solvers' rounding
-    tolerance) that carries ``M[s]`` (``solvers.gram`` returns it), the others with ``G[s]``.
-    A member whose ``M[s]`` (or G) is not finite gets a row of NaN: it skips its step; a
-    ``ValueError`` of its aggregator on finite input propagates. ``aggregations``, when given, is
-    filled with each member's ``Aggregation`` (None where skipped), for the metrics.
+    ``direction_s == coefficients[s] @ G_s`` as the member's aggregator gives it (clipping
+    included). The methods of ``GRAM_SERVED`` are solved by ONE call for all their members,
+    ``mtrl.aggregators.population_coefficients`` (batched kernels for Nash-MTL, FairGrad, PIVRG,
+    MGDA, IMTL-G and CAGrad: within 1e-12 relative of the single-member path, and bit for bit
+    independent of which other members are passed); any other G-based method is called on its
+    member's ``G[s]``. ``dtype``: G's dtype (it sets the solvers' rounding tolerance).
 
-    This is the one host step of a G-based update: a batched replacement that takes the Gram
-    matrices (``mtrl.aggregators.population_coefficients``) can take its place."""
+    A member whose ``M[s]`` is not finite gets a row of NaN and its aggregator is not called: it
+    skips its step (as the single agent, whose aggregator rejects a non-finite G before touching
+    its state). A member whose aggregator raises gets a row of NaN too: when its losses are not
+    finite that is a skip (as ``MTSAC.update``); on finite input it is a failure, reported in
+    ``failures[s]`` (the exception; None for the others) when that list is given, else raised.
+    The other members' results do not depend on it. ``aggregations``, when given, is filled with
+    each member's result (``GramAggregation``, or ``Aggregation`` for a member called on G; both
+    have ``weights`` and ``info``), None where skipped or failed."""
     S, K = len(aggregators), M.shape[1]
     out = np.full((S, K), np.nan)
-    for s, (agg, ctx) in enumerate(zip(aggregators, contexts)):
-        result = None
-        if np.isfinite(M[s].diagonal()).all():
-            if agg.name in GRAM_SERVED:
-                rows = torch.empty(K, 0, dtype=dtype)
-                rows.known_gram = M[s]
-            elif G is None:
-                raise ValueError(f"aggregator {agg.name!r} needs G itself: pass G to host_coefficients")
-            else:
-                rows = G[s]
-            try:
-                result = agg(rows, ctx)
-            except ValueError:
-                losses = ctx.losses
-                if losses is None or bool(torch.isfinite(torch.as_tensor(losses)).all()):
-                    raise
-            if result is not None:
-                if result.coefficients is None:
-                    raise ValueError(f"aggregator {agg.name!r} returned no coefficients: a population needs them")
-                out[s] = result.coefficients.numpy()
-        if aggregations is not None:
-            aggregations.append(result)
+    results: list[Any] = [None] * S
+    errors: list[Exception | None] = [None] * S
+    finite = np.isfinite(M).all(axis=(1, 2))
+    served = [s for s in range(S) if finite[s] and aggregators[s].name in GRAM_SERVED]
+    if served:
+        batch = population_coefficients([aggregators[s] for s in served], M[served], [contexts[s] for s in served], dtype)
+        for i, s in enumerate(served):
+            results[s], errors[s] = batch.results[i], batch.errors[i]
+    for s in range(S):
+        if not finite[s] or s in served:
+            continue
+        if G is None:
+            raise ValueError(f"aggregator {aggregators[s].name!r} needs G itself: pass G to host_coefficients")
+        try:
+            results[s] = aggregators[s](G[s], contexts[s])
+        except Exception as error:  # noqa: BLE001 - this member's failure, sorted out below
+            errors[s] = error
+    for s in range(S):
+        if errors[s] is not None:
+            losses = contexts[s].losses
+            if losses is not None and not bool(torch.isfinite(torch.as_tensor(losses)).all()):
+                errors[s] = None  # a non-finite loss: a skip, as the single agent's
+            elif failures is None:
+                raise errors[s]
+        elif results[s] is not None:
+            if results[s].coefficients is None:
+                raise ValueError(f"aggregator {aggregators[s].name!r} returned no coefficients: a population needs them")
+            out[s] = np.asarray(results[s].coefficients, dtype=np.float64)
+    if aggregations is not None:
+        aggregations.extend(results)
+    if failures is not None:
+        failures.extend(errors)
     return out
 
 
@@ -372,7 +400,14 @@ class PopulationSAC(nn.Module):
         own samples), as ``MTSAC.update`` does it for one agent: ``critic_aggs[s]``,
         ``actor_aggs[s]``, ``generators[s]`` (update noise), ``aggregator_generators[s]`` and
         ``perf[s]`` are member s's. Returns per-member metrics without reading the device
-        (``member_metrics`` for one member's)."""
+        (``member_metrics`` for one member's).
+
+        ``metrics["failed"]``: a list [S], None for a member that updated or skipped normally, the
+        exception its aggregator (critic's or actor's) raised on finite input for a member that
+        failed. A failed member skips this whole update (parameters, target critic, Adam moments
+        and step counts unchanged; ``skipped_critic`` / ``skipped_actor`` are 1 for it); the
+        others' numbers are those of a population without it. Nothing is raised for it: the
+        trainer marks it failed and drops it."""
         S = self.members
         self._check_supported(critic_aggs, actor_aggs, temperature_aggs, hyper_batches, diagnostics)
         if batch.reward.shape[0] != S:
@@ -383,6 +418,7 @@ class PopulationSAC(nn.Module):
             dict(perf=None if perf is None else perf[s], main_task=main_task, generator=agg_gens[s]) for s in range(S)
         ]
         metrics: dict[str, Any] = {}
+        failed: list[Exception | None] = [None] * S  # filled by the component steps
         alpha = self.log_alpha[:, :K].exp().detach()  # [S, K]
         rows = torch.arange(K, device=self.device)
         codes = self.codes[rows]
@@ -392,7 +428,7 @@ class PopulationSAC(nn.Module):
             target = self._soft_target(batch.next_obs, batch.reward, batch.done, codes, self.log_alpha[:, :K].detach(), noise)
         self._component_step(
             "critic", self.critic, self._critic_loss, (batch.obs, batch.action, target, codes), {}, critic_aggs, step,
-            contexts, metrics,
+            contexts, metrics, failed,
         )
 
         if step % self.cfg.actor_update_every == 0:
@@ -400,14 +436,20 @@ class PopulationSAC(nn.Module):
             constants = {"critic_params": {n: p.detach() for n, p in self.critic.named_parameters()}}
             log_prob_mean = self._component_step(
                 "actor", self.actor, self._actor_loss, (batch.obs, noise, alpha[..., None], codes), constants, actor_aggs,
-                step, contexts, metrics, has_aux=True,
+                step, contexts, metrics, failed, has_aux=True,
             )
             self._temperature_step(log_prob_mean, metrics["skipped_actor"], K, metrics)
 
         if step % self.cfg.target_update_every == 0:
             with torch.no_grad():
-                torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.cfg.tau)
+                targets = list(self.critic_target.parameters())
+                lost = [s for s in range(S) if failed[s] is not None]
+                kept = [t[lost].clone() for t in targets] if lost else []  # rare: a failed member's targets stay
+                torch._foreach_lerp_(targets, list(self.critic.parameters()), self.cfg.tau)
+                for t, value in zip(targets, kept):
+                    t[lost] = value
         metrics["alpha"] = alpha.mean(-1)
+        metrics["failed"] = failed
         return metrics
 
     def _check_supported(self, critic_aggs, actor_aggs, temperature_aggs, hyper_batches, diagnostics) -> None:
@@ -433,9 +475,14 @@ class PopulationSAC(nn.Module):
 
     def _component_step(
         self, name: str, module: nn.Module, loss_fn, inputs: tuple[Tensor, ...], constants: dict[str, Any],
-        aggs: Sequence[Aggregator], step: int, contexts: list[dict[str, Any]], metrics: dict[str, Any], has_aux: bool = False,
+        aggs: Sequence[Aggregator], step: int, contexts: list[dict[str, Any]], metrics: dict[str, Any],
+        failed: list[Exception | None], has_aux: bool = False,
     ) -> Tensor:
-        """One component's step for every member (module doc); returns the auxiliary output [S, K]."""
+        """One component's step for every member (module doc); returns the auxiliary output [S, K].
+        ``failed[s]``: member s's aggregator failure of this update (None: none yet). A member that
+        failed already (in the critic's step) is left out of this step's aggregator calls and skips;
+        a member whose aggregator raises here on finite input gets its exception in ``failed[s]``
+        and skips."""
         S, K = self.members, inputs[0].shape[1]
         adam = self.optimizers[name]
         names = [n.partition(".")[2] for n in adam.names]  # module-relative, buffer order
@@ -451,7 +498,7 @@ class PopulationSAC(nn.Module):
 
         t0 = time.perf_counter()
         needs = [bool(agg.needs_jacobian(step)) for agg in aggs]
-        host_skip = np.zeros(S)
+        host_skip = np.array([float(error is not None) for error in failed])  # failed members skip
         weights_out = np.full((S, K), np.nan)
         info: dict[str, np.ndarray] = {}
         metrics[f"{name}/jacobian"] = 0.0
@@ -464,10 +511,16 @@ class PopulationSAC(nn.Module):
                 W = np.zeros((S, K))
                 with torch.profiler.record_function(HOST_STEP):
                     for s, agg in enumerate(aggs):
-                        if not needs[s]:
+                        if not needs[s] and failed[s] is None:
                             own = losses[s] if host is None else torch.from_numpy(host[s])
                             ctx = AggContext(step=step, task_ids=task_ids, losses=own, **contexts[s])
-                            W[s] = agg.weights_without_jacobian(ctx).numpy()
+                            try:
+                                W[s] = agg.weights_without_jacobian(ctx).numpy()
+                            except Exception as error:  # noqa: BLE001 - this member fails (or skips), the others go on
+                                W[s], host_skip[s] = 0.0, 1.0
+                                if bool(torch.isfinite(own).all()):
+                                    failed[s] = error
+                                continue
                             weights_out[s] = W[s]
                             for key, value in getattr(agg, "log_info", dict)().items():
                                 info.setdefault(key, np.full(S, np.nan))[s] = float(value)
@@ -495,21 +548,24 @@ class PopulationSAC(nn.Module):
                 packed[:, KK : KK + K] = losses
             host = self._to_host(packed)
             M, host_losses = host[:, :KK].reshape(S, K, K), host[:, KK : KK + K]
-            members = [s for s in range(S) if needs[s]]
-            outs: list[Aggregation | None] = []
+            members = [s for s in range(S) if needs[s] and failed[s] is None]
+            outs: list[Any] = []
+            errors: list[Exception | None] = []
             C = np.zeros((S, K))
             with torch.profiler.record_function(HOST_STEP):
                 C[members] = host_coefficients(
                     [aggs[s] for s in members], M[members],
                     [AggContext(step=step, task_ids=task_ids, losses=torch.from_numpy(host_losses[s]), **contexts[s]) for s in members],
-                    dtype=G.dtype, G=G if len(members) == S else G[members], aggregations=outs,
+                    dtype=G.dtype, G=G if len(members) == S else G[members], aggregations=outs, failures=errors,
                 )
-                for s, agg_out in zip(members, outs):
+                for s, agg_out, error in zip(members, outs, errors):
+                    if error is not None:
+                        failed[s] = error
                     if agg_out is None:
                         host_skip[s], C[s] = 1.0, 0.0
                         continue
                     if agg_out.weights is not None:
-                        weights_out[s] = agg_out.weights.numpy()
+                        weights_out[s] = np.asarray(agg_out.weights, dtype=np.float64)
                     for key, value in agg_out.info.items():
                         info.setdefault(key, np.full(S, np.nan))[s] = float(value)
             with torch.no_grad():

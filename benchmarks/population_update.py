@@ -1,5 +1,8 @@
 """The learner side of a population (``agents/population.py``): one batched update of S members.
 
+``mtrl bench population`` runs ``profile`` and ``throughput`` from here with the other parts and
+writes the issue's comparisons; this command runs them alone, and ``--drift``.
+
 Three measurements, each side by side in one run (the machines here are noisy: ratios only):
 
 * ``--profile`` (default on): compute-like ops and host syncs per update (the counter of
@@ -36,7 +39,7 @@ from mtrl.jacobian import configure_allocator
 from mtrl.replay import Batch
 
 #: name -> (hidden, layers, transitions per task); K = 10, obs 39, action 4 (MetaWorld MT10)
-SIZES = {"quick": (64, 2, 32), "paper": (400, 3, 128)}
+SIZES = {"quick": (64, 2, 32), "paper": (400, 3, 128), "tiny": (16, 2, 4)}  # tiny: the tests' size
 K, OBS, ACT = 10, 39, 4
 OPS_TARGET = 1.3
 
@@ -162,7 +165,7 @@ def drift(size: str, method: str, updates: int, device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtrl bench population_update", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=["quick", "paper"], choices=list(SIZES))
     parser.add_argument("--methods", nargs="+", default=["ls", "nashmtl"])
     parser.add_argument("--members", type=int, nargs=2, default=[1, 10], help="the two population sizes profiled")
     parser.add_argument("--profile", action="store_true", help="ops and syncs (the default when nothing else is asked)")

@@ -37,6 +37,49 @@ def test_population_host_benchmark_runs_and_writes_ratios(tmp_path):
     assert all("pass" in host[label] for label in population.TARGETED)
 
 
+def test_population_benchmark_tiny_writes_every_part_with_the_issue_s_names(tmp_path):
+    """``mtrl bench population --tiny``: every learner-side part at toy sizes (two memory
+    subprocesses included); the JSON has the issue's structure and names, and each verdict follows
+    from its ratio in the direction named."""
+    out = tmp_path / "population.json"
+    assert population.main(["--tiny", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    comparisons = data["comparisons"]
+    names = {"ops_s10_vs_s1_ls", "ops_s10_vs_s1_nashmtl", "host_s10_vs_s1_nashmtl", "host_s10_vs_s1_cagrad",
+             "host_s10_vs_s1_mgda", "member_steps_population_vs_single_quick", "member_updates_population_vs_single_quick"}
+    assert names <= set(comparisons)
+    for name, entry in comparisons.items():
+        assert {"ratio", "better", "target", "pass"} <= set(entry) and entry["better"] in ("lower", "higher"), name
+        if entry["ratio"] is None or entry["target"] is None:
+            assert entry["pass"] is None, name
+        else:
+            assert entry["pass"] == (entry["ratio"] <= entry["target"] if entry["better"] == "lower" else entry["ratio"] >= entry["target"])
+    assert comparisons["member_steps_population_vs_single_quick"]["ratio"] is None  # --whole-step not asked
+    assert comparisons["member_steps_population_vs_single_quick"]["target"] == 2
+    assert all(comparisons[f"ops_s10_vs_s1_{m}"]["target"] == 1.3 for m in ("ls", "nashmtl"))
+    assert all(comparisons[f"host_s10_vs_s1_{m}"]["target"] == 3 for m in population.TARGETED)
+    counts = data["profile"]["tiny"]
+    for method in ("ls", "nashmtl"):
+        assert comparisons[f"ops_s10_vs_s1_{method}"]["ratio"] == pytest.approx(
+            counts[method]["10"]["device_ops_per_update"] / counts[method]["1"]["device_ops_per_update"])
+    assert data["syncs"] == {"ls": {"1": 0.0, "10": 0.0}, "nashmtl": {"1": 2.0, "10": 2.0}}  # one Gram transfer per component
+    assert comparisons["member_updates_population_vs_single_quick"]["ratio"] > 0
+    assert isinstance(data["memory_per_member_mb"], float) and set(data["memory"]["runs"]) == {"1", "2"}
+    assert all(run["peak_rss_mb"] > 0 for run in data["memory"]["runs"].values())
+
+
+def test_population_whole_step_says_clearly_what_it_needs(monkeypatch):
+    """Until ``mtrl train --seeds`` exists the whole-step comparison stops with a clear message."""
+    import subprocess
+
+    class Help:
+        stdout = "usage: mtrl train [--seed SEED] [--run-dir RUN_DIR]"
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: Help())
+    with pytest.raises(RuntimeError, match="--seeds"):
+        population.whole_step()
+
+
 def test_aggregator_benchmark_vs_torchjd_writes_ratios_and_agrees_with_it(tmp_path):
     pytest.importorskip("torchjd")
     pytest.importorskip("ecos")  # TorchJD's NashMTL solver (the `bench` extra installs it)
