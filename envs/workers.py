@@ -76,7 +76,7 @@ from mtrl.envs.metaworld import (
     MultiTaskEnv, StepResult, _check_episode_steps, benchmark_task_names, from_tensors, join_tasks, select_tasks,
     task_goal_sets, to_tensors,
 )
-from mtrl.envs.task_costs import STEP_MS
+from mtrl.envs.task_costs import balance, step_cost
 
 __all__ = ["EnvWorkerError", "ParallelMultiTaskEnv", "assign_tasks"]
 
@@ -95,17 +95,7 @@ def assign_tasks(task_names: list[str], workers: int) -> list[list[int]]:
     far (ties: the lower shard). Shards come lightest first (the local shard's, module docstring)
     with their tasks in benchmark order; a task missing from ``envs/task_costs.py`` counts as the
     median task."""
-    workers = min(workers, len(task_names))
-    default = sorted(STEP_MS.values())[len(STEP_MS) // 2]
-    costs = [STEP_MS.get(name, default) for name in task_names]
-    shards: list[list[int]] = [[] for _ in range(workers)]
-    loads = [0.0] * workers
-    for k in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
-        w = min(range(workers), key=lambda w: (loads[w], w))
-        shards[w].append(k)
-        loads[w] += costs[k]
-    order = sorted(range(workers), key=lambda w: (loads[w], w))
-    return [sorted(shards[w]) for w in order]
+    return balance([step_cost(name) for name in task_names], min(workers, len(task_names)))
 
 
 def _layout(K: int, obs_dim: int, action_dim: int) -> dict[str, tuple[str, tuple[int, ...]]]:
