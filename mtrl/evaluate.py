@@ -8,6 +8,10 @@ an episode ends at its first success, which gives the same success flag in fewer
 that finished their episodes keep stepping until every task has (their extra episodes are
 ignored), so the loop needs no per-task bookkeeping of actions.
 
+``evaluate_episodes`` (protocol ``mtrl``, ``train.eval_mode: parallel``): every episode a pure
+function of (run seed, evaluation, task, episode), all of them in lock-step on a pool of env
+instances (``mtrl.envs.episodes``); the policy takes the task of each row.
+
 ``evaluate_metaworld`` (protocol ``metaworld``): MetaWorld v3's own
 ``metaworld.evaluation.evaluation`` on MetaWorld's own vector env, with our policy behind
 ``MetaWorldAgent``, the adapter to MetaWorld's ``Agent`` protocol.
@@ -22,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 __all__ = [
-    "EvalResult", "MetaWorldAgent", "MetaWorldResult", "env_task_names", "evaluate", "evaluate_metaworld",
+    "EvalResult", "MetaWorldAgent", "MetaWorldResult", "env_task_names", "evaluate", "evaluate_episodes", "evaluate_metaworld",
     "make_metaworld_envs", "metaworld_obs_dim",
 ]
 
@@ -35,11 +39,14 @@ class EvalResult:
         task_names: MetaWorld names of the tasks, in row order.
         success_rate: [K] fraction of successful episodes.
         mean_return: [K] mean undiscounted episode return.
+        episode_success, episode_return: [K, E] per episode (``evaluate_episodes`` only).
     """
 
     task_names: list[str]
     success_rate: np.ndarray
     mean_return: np.ndarray
+    episode_success: np.ndarray | None = None
+    episode_return: np.ndarray | None = None
 
     @property
     def mean_success(self) -> float:
@@ -79,6 +86,23 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], env, episodes_per_task:
         returns += np.where(counted, result.episode_return, 0.0)
         finished += counted
     return EvalResult(list(env.task_names), successes / episodes_per_task, returns / episodes_per_task)
+
+
+def evaluate_episodes(
+    policy: Callable[[np.ndarray, np.ndarray], np.ndarray], runner, seed: int, evaluation: int, episodes_per_task: int,
+) -> EvalResult:
+    """Evaluation ``evaluation`` (the trainer passes the training step) of a run seeded ``seed``:
+    ``episodes_per_task`` episodes of every task of ``runner`` (an
+    ``mtrl.envs.episodes.EpisodeRunner``), their goals and reset seeds drawn from (seed,
+    evaluation, task, episode) alone. ``policy``: observations [N, obs_dim], task ids [N] ->
+    actions [N, A]."""
+    from mtrl.envs.episodes import plan_episodes
+
+    K, E = runner.num_tasks, episodes_per_task
+    outcomes = runner.run([policy], plan_episodes(seed, evaluation, runner.num_goals, E))
+    success = outcomes.success.reshape(K, E)  # the plan is ordered by (task, episode)
+    returns = outcomes.episode_return.reshape(K, E)
+    return EvalResult(list(runner.task_names), success.mean(axis=1), returns.mean(axis=1), success, returns)
 
 
 # ---------------------------------------------------------------------------------------------
