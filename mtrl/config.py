@@ -60,6 +60,12 @@ class EnvConfig:
             sleeps (the budget adapts; 0: sleep at once). Waking a sleeping process costs up to
             milliseconds on a VM; off by itself when the stepping processes outnumber the cores
             (``envs/workers.py``). Never changes a result.
+        eval_envs: with ``train.eval_mode: parallel``, the most env instances an evaluation
+            opens (the evaluation env's own included; ``mtrl.envs.episodes``): its K x
+            ``train.eval_episodes`` episodes run in lock-step on up to this many, an instance
+            playing several of its task's episodes one after another when they are fewer. At
+            least the number of tasks. A MetaWorld instance holds about 21 MB. Never changes a
+            result.
     """
 
     benchmark: str = "MT10"
@@ -69,6 +75,7 @@ class EnvConfig:
     workers: int = 1
     local_shard: bool = True
     spin_ms: float = 5.0
+    eval_envs: int = 100
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,12 @@ class TrainConfig:
         replay_capacity: total replay capacity over tasks (split evenly).
         eval_every: evaluate every N steps (and at the end).
         eval_episodes: evaluation episodes per task.
+        eval_mode: how evaluations play their episodes (docs/evaluation.md): "parallel" (each
+            episode a pure function of the run's seed, the evaluation's step, the task and the
+            episode, all episodes in lock-step over up to ``env.eval_envs`` env instances) or
+            "sequential" (each task plays its episodes one after another on the evaluation env,
+            whose RNG carries over from one evaluation to the next: the evaluation of runs
+            written before this key existed, which keep it when resumed).
         log_every: write a metrics.jsonl line every N steps.
         tensorboard: also write TensorBoard events (needs the ``tensorboard`` extra).
         progress: show a progress bar on stderr.
@@ -191,6 +204,7 @@ class TrainConfig:
     replay_capacity: int = 1_000_000
     eval_every: int = 10_000
     eval_episodes: int = 10
+    eval_mode: str = "parallel"
     log_every: int = 1000
     tensorboard: bool = False
     progress: bool = True
@@ -241,6 +255,7 @@ class Config:
 _POSITIVE_INTS = {
     "env.max_episode_steps",
     "env.workers",
+    "env.eval_envs",
     "agent.hidden_dim",
     "agent.num_layers",
     "agent.task_embedding_dim",
@@ -258,6 +273,7 @@ _NON_NEGATIVE_INTS = {"seed", "train.warmup_steps", "train.video_every", "checkp
 _POSITIVE_FLOATS = {"agent.actor_lr", "agent.critic_lr", "agent.alpha_lr", "agent.init_temperature"}
 _CHOICES = {
     "env.eval_goals": ("train", "heldout"),
+    "train.eval_mode": ("parallel", "sequential"),
     "agent.variant": ("mt", "te", "mh"),
     "agent.adam": ("fused", "foreach"),
     "aggregator.jacobian": ("auto", "linear", "vmap", "loop"),

@@ -24,14 +24,15 @@ import numpy as np
 import torch
 
 from mtrl.agents.mtsac import MTSAC, HyperBatches
+from mtrl.envs.episodes import EpisodeRunner
 from mtrl.envs.metaworld import MultiTaskEnv
 from mtrl.envs.synthetic import PointMassEnv, is_point_benchmark
 from mtrl.envs.workers import ParallelMultiTaskEnv
 from mtrl import checkpoint as ckpt
 from mtrl.aggregators import Aggregator, make
 from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
-from mtrl.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
-from mtrl.evaluate import EvalResult, evaluate
+from mtrl.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, save_config
+from mtrl.evaluate import EvalResult, evaluate, evaluate_episodes
 from mtrl.jacobian import configure_allocator
 from mtrl.metrics import MetricsLogger, ProgressLine, read_metrics, read_status, truncate_metric_files, write_status
 from mtrl.replay import Batch, MultiTaskReplay
@@ -58,7 +59,12 @@ MEANING_KEYS = (
     "aggregator.aggregate_temperature",
     "train.batch_size",
     "train.replay_capacity",
+    "train.eval_mode",
 )
+
+#: The value a run written before a meaning key existed had: its saved config lacks the key, and
+#: it keeps that value when resumed or evaluated (``with_legacy_values``).
+LEGACY_VALUES = {"train.eval_mode": "sequential"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,32 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def differing_meaning_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = _flat(old), _flat(new)
-    return [k for k in MEANING_KEYS if a.get(k) != b.get(k)]
+    return [k for k in MEANING_KEYS if a.get(k, LEGACY_VALUES.get(k)) != b.get(k, LEGACY_VALUES.get(k))]
+
+
+def with_legacy_values(cfg: Config, saved: dict[str, Any]) -> Config:
+    """``cfg`` with the ``LEGACY_VALUES`` of the keys that ``saved`` (a run's config as it was
+    written) lacks: a run keeps what it had before those keys existed."""
+    flat = _flat(saved)
+    missing = [key for key in LEGACY_VALUES if key not in flat]
+    if not missing:
+        return cfg
+    return config_from_dict(apply_overrides(config_to_dict(cfg), [f"{key}={LEGACY_VALUES[key]}" for key in missing]))
+
+
+def _keep_legacy_values(cfg: Config, run_dir: Path, resume: str | None) -> Config:
+    """On resume, ``with_legacy_values`` against the run's config.yaml (saying what it kept)."""
+    saved = run_dir / "config.yaml"
+    if resume is None or not saved.exists():
+        return cfg
+    import yaml
+
+    kept = with_legacy_values(cfg, yaml.safe_load(saved.read_text()) or {})
+    changed = [key for key, value in _flat(config_to_dict(kept)).items() if _flat(config_to_dict(cfg)).get(key) != value]
+    if changed:
+        print(f"{run_dir} was written before {', '.join(changed)} existed: it keeps "
+              f"{', '.join(f'{key}={LEGACY_VALUES[key]}' for key in changed)}", file=sys.stderr)
+    return kept
 
 
 #: Signals that stop a run with a checkpoint. SIGUSR2 is the time-limit signal submitit asks
@@ -258,6 +289,7 @@ def train(
         if status.get("total_steps") == cfg.train.total_steps:
             print(f"{run_dir} is already finished ({status['step']} steps); nothing to do", file=sys.stderr)
             return RunResult(run_dir, int(status["step"]), False, status.get("last_success"))
+    cfg = _keep_legacy_values(cfg, run_dir, resume)
     state = _prepare_run_dir(cfg, run_dir, resume, force)
     device = resolve_device(cfg.device)
     configure_allocator()
@@ -265,6 +297,7 @@ def train(
 
     # ---- build everything ------------------------------------------------------------------
     env, eval_env = envs if envs is not None else build_envs(cfg)
+    runner = EpisodeRunner(eval_env, cfg.env.eval_envs) if tcfg.eval_mode == "parallel" else None
     K = env.num_tasks
     if tcfg.batch_size % K:
         raise ConfigError(f"train.batch_size ({tcfg.batch_size}) must be divisible by the number of tasks ({K})")
@@ -362,11 +395,14 @@ def train(
     def run_evaluation(step: int) -> None:
         nonlocal perf, last_success
 
-        def policy(o: np.ndarray) -> np.ndarray:
+        def policy(o: np.ndarray, task_ids: np.ndarray | None = None) -> np.ndarray:
             with torch.no_grad():
-                return agent.act(torch.as_tensor(o, device=device), deterministic=True).cpu().numpy()
+                return agent.act(torch.as_tensor(o, device=device), deterministic=True, task_ids=task_ids).cpu().numpy()
 
-        result = evaluate(policy, eval_env, tcfg.eval_episodes)
+        if runner is None:
+            result = evaluate(policy, eval_env, tcfg.eval_episodes)
+        else:
+            result = evaluate_episodes(policy, runner, cfg.seed, step, tcfg.eval_episodes)
         rates = [float(x) for x in result.success_rate]
         logger.log_eval(step, rates)
         perf = torch.tensor(rates, dtype=torch.float64)
@@ -495,9 +531,9 @@ def checkpoint_policy(state: dict[str, Any], obs_dim: int, action_dim: int, num_
     agent = MTSAC(obs_dim, action_dim, num_tasks, cfg.agent, device=torch_device)
     agent.load_training_state(state["agent"])
 
-    def policy(o: np.ndarray) -> np.ndarray:
+    def policy(o: np.ndarray, task_ids: np.ndarray | None = None) -> np.ndarray:
         with torch.no_grad():
-            return agent.act(torch.as_tensor(o, device=torch_device), deterministic=True).cpu().numpy()
+            return agent.act(torch.as_tensor(o, device=torch_device), deterministic=True, task_ids=task_ids).cpu().numpy()
 
     return policy
 
@@ -506,16 +542,22 @@ def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto", goals:
     """Evaluate the newest valid checkpoint of ``run_dir``; print per-task success and return the result.
 
     ``goals``: "train" or "heldout" (as ``env.eval_goals``); default the run's ``env.eval_goals``
-    ("train" for runs written before that key existed: the training goals)."""
+    ("train" for runs written before that key existed: the training goals). The run's
+    ``train.eval_mode`` applies; in mode ``parallel`` this plays the episodes of the trainer's
+    evaluation at the checkpoint's step (the first ``episodes`` of each task), so with the run's
+    ``train.eval_episodes`` it gives the success rates logged at that step."""
     state, path = ckpt.load_latest(run_dir)
-    cfg = config_from_dict(state["config"])
+    cfg = with_legacy_values(config_from_dict(state["config"]), state["config"])
     goals = cfg.env.eval_goals if goals is None else goals
     env = make_env(cfg, cfg.seed + 20_000, evaluation=True, goal_seed=eval_goal_seed(cfg, goals))
     policy = checkpoint_policy(state, env.obs_dim, env.action_dim, env.num_tasks, device)
-    result = evaluate(policy, env, episodes)
+    if cfg.train.eval_mode == "parallel":  # the episodes of the trainer's evaluation at the checkpoint's step
+        result = evaluate_episodes(policy, EpisodeRunner(env, cfg.env.eval_envs), cfg.seed, state["step"], episodes)
+    else:
+        result = evaluate(policy, env, episodes)
     env.close()
     rates = [float(x) for x in result.success_rate]
-    print(f"{path} (step {state['step']}), {episodes} episode(s) per task, {goals} goals")
+    print(f"{path} (step {state['step']}), {episodes} episode(s) per task, {goals} goals, {cfg.train.eval_mode} evaluation")
     for name, rate in zip(env.task_names, rates):
         print(f"  {name:32s} {rate:.3f}")
     print(f"  {'mean':32s} {float(np.mean(rates)):.3f}")

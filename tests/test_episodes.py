@@ -16,12 +16,13 @@ import torch
 from metaworld.policies import ENV_POLICY_MAP
 
 from mtrl.agents.mtsac import MTSAC
-from mtrl.config import AgentConfig
+from mtrl.config import AgentConfig, ConfigError, config_from_dict, config_to_dict
 from mtrl.envs.episodes import EpisodeRunner, MetaWorldInstance, episode_seed, plan_episodes, plan_slots
 from mtrl.envs.metaworld import MultiTaskEnv, _plain_attributes, _same, _sim_state
 from mtrl.envs.synthetic import PointMassEnv, PointMassInstance
 from mtrl.envs.task_costs import step_cost
 from mtrl.evaluate import evaluate, evaluate_episodes
+from mtrl.train import LEGACY_VALUES, differing_meaning_keys, with_legacy_values
 from tests.helpers import reach_controller
 from tests.test_envs import model_arrays
 
@@ -305,6 +306,80 @@ def test_an_evaluation_is_the_same_whatever_was_evaluated_before(mt10):
     assert not np.array_equal(*sequential)
 
 
+# ---- configuration and identity ---------------------------------------------------------------------------
+@pytest.mark.parametrize("data, message", [
+    ({"train": {"eval_mode": "async"}}, "train.eval_mode must be one of parallel, sequential; got 'async'"),
+    ({"env": {"eval_envs": 0}}, "env.eval_envs must be a positive integer, got 0"),
+])
+def test_bad_evaluation_settings_name_the_allowed_values(data, message):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(data)
+    assert message in str(error.value)
+
+
+def test_runs_written_before_eval_mode_existed_keep_the_sequential_evaluation():
+    new = config_from_dict({})
+    assert new.train.eval_mode == "parallel"
+    saved = config_to_dict(new)
+    del saved["train"]["eval_mode"]  # a config.yaml of a run written before the key existed
+    assert with_legacy_values(new, saved).train.eval_mode == LEGACY_VALUES["train.eval_mode"] == "sequential"
+    assert with_legacy_values(new, config_to_dict(new)).train.eval_mode == "parallel"
+    sequential = config_to_dict(with_legacy_values(new, saved))
+    assert differing_meaning_keys(saved, sequential) == []
+    assert differing_meaning_keys(saved, config_to_dict(new)) == ["train.eval_mode"]  # a mode change is another run
+
+
 def test_step_costs_of_unknown_tasks_are_the_median():
     assert step_cost("push-v3") > step_cost("button-press-v3")
     assert step_cost("point-0") == step_cost("point-1") > 0
+
+
+# ---- the trainer and `mtrl evaluate` ----------------------------------------------------------------------
+def point_config(**train):
+    from tests.test_resume import POINT
+
+    data = {**POINT, "train": {**POINT["train"], "total_steps": 200, "eval_episodes": 3, **train}, "aggregator": {"name": "ls"}}
+    return config_from_dict(data)
+
+
+def logged_evaluations(run_dir) -> list[tuple[int, float]]:
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(row["step"], row["eval/mean_return"]) for row in rows if "eval/mean_return" in row]
+
+
+def test_mtrl_evaluate_replays_the_trainers_evaluation_at_the_checkpoints_step(tmp_path):
+    from mtrl.train import evaluate_run, train
+
+    cfg = point_config()
+    assert cfg.train.eval_mode == "parallel"
+    train(cfg, tmp_path / "run")
+    last = (tmp_path / "run" / "eval.csv").read_text().splitlines()[-1].split(",")
+    assert int(last[0]) == 200
+    result = evaluate_run(tmp_path / "run", episodes=3, device="cpu")
+    assert [float(x) for x in last[2:]] == result.success_rate.tolist()
+    assert logged_evaluations(tmp_path / "run")[-1] == (200, float(np.mean(result.mean_return)))
+
+
+def test_a_run_written_before_eval_mode_existed_resumes_with_its_sequential_evaluation(tmp_path, capsys):
+    """The first half trained with the sequential evaluation and its config.yaml without the key
+    (as such a run wrote it); resumed from that config.yaml, the run ends as a run that evaluated
+    sequentially throughout."""
+    import yaml
+
+    from mtrl.config import load_config
+    from mtrl.train import train
+
+    sequential = point_config(eval_mode="sequential")
+    train(sequential, tmp_path / "straight")
+    old = tmp_path / "old"
+    train(point_config(eval_mode="sequential", total_steps=100), old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    del saved["train"]["eval_mode"]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    train(load_config(old / "config.yaml", ["train.total_steps=200"]), old, resume=str(old))
+    assert "keeps train.eval_mode=sequential" in capsys.readouterr().err
+    assert yaml.safe_load((old / "config.yaml").read_text())["train"]["eval_mode"] == "sequential"
+    assert logged_evaluations(old) == logged_evaluations(tmp_path / "straight")
+    assert (old / "eval.csv").read_text() == (tmp_path / "straight" / "eval.csv").read_text()
