@@ -1,16 +1,17 @@
 """Deterministic-policy evaluation: per-task success rates, by two protocols (docs/evaluation.md).
 
-``evaluate`` (protocol ``mtrl``, what the trainer logs): all K tasks of one of our envs run in
-lock-step; each task plays ``episodes_per_task`` episodes. An episode is a success if any of its
-steps reported ``info["success"]``. With ``terminate_on_success`` on the evaluation env (the
-default of ``env.eval_terminate_on_success``, as MetaWorld's own ``metaworld.evaluation`` does)
-an episode ends at its first success, which gives the same success flag in fewer steps. Tasks
-that finished their episodes keep stepping until every task has (their extra episodes are
-ignored), so the loop needs no per-task bookkeeping of actions.
+``evaluate`` (protocol ``mtrl``, what the trainer logs with ``train.eval_mode: sequential``): all
+K tasks of one of our envs run in lock-step; each task plays ``episodes_per_task`` episodes. An
+episode is a success if any of its steps reported ``info["success"]``. With
+``terminate_on_success`` on the evaluation env (the default of ``env.eval_terminate_on_success``,
+as MetaWorld's own ``metaworld.evaluation`` does) an episode ends at its first success, which
+gives the same success flag in fewer steps. Tasks that finished their episodes keep stepping
+until every task has (their extra episodes are ignored), so the loop needs no per-task
+bookkeeping of actions.
 
-``evaluate_episodes`` (protocol ``mtrl``, ``train.eval_mode: parallel``): every episode a pure
-function of (run seed, evaluation, task, episode), all of them in lock-step on a pool of env
-instances (``mtrl.envs.episodes``); the policy takes the task of each row.
+``evaluate_episodes`` (protocol ``mtrl``, ``train.eval_mode: parallel``, the default): every
+episode a pure function of (run seed, evaluation, task, episode), all of them in lock-step on a
+pool of env instances (``mtrl.envs.episodes``); the policy takes the task of each row.
 
 ``evaluate_metaworld`` (protocol ``metaworld``): MetaWorld v3's own
 ``metaworld.evaluation.evaluation`` on MetaWorld's own vector env, with our policy behind

@@ -135,3 +135,16 @@ def test_task_costs_print_a_table_in_the_format_of_envs_task_costs(capsys):
     namespace: dict = {}
     exec(capsys.readouterr().out, namespace)
     assert list(namespace["STEP_MS"]) == ["reach-v3"] and namespace["STEP_MS"]["reach-v3"] > 0
+
+
+def test_eval_parallel_vs_sequential_runs_at_a_tiny_size(tmp_path):
+    from mtrl.benchmarks import step
+
+    out = tmp_path / "step.json"
+    argv = ["--benchmark", "MT1-reach-v3", "--workers", "1", "--episodes", "3", "--steps", "5", "--eval-envs", "2",
+            "--hidden", "16", "--layers", "1", "--repeats", "1", "--json", str(out)]
+    assert step.main(argv) == 0
+    data = json.loads(out.read_text())["comparisons"]["eval_parallel_vs_sequential"]
+    assert data["better"] == "lower" and data["target"] == 0.85 and data["ratio"] > 0 and isinstance(data["pass"], bool)
+    assert data["instances"] == 2 and set(data["predicted"]) == {"1", "16"}
+    assert data["predicted"]["1"]["parallel_rounds"] == 2 * 5  # 3 episodes on 2 instances: two in a row
