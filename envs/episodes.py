@@ -465,7 +465,7 @@ class EpisodeRunner:
                 break
             ids_all = np.concatenate(ids)
             obs_all = np.concatenate([reply[2] for reply in replies if len(reply[1])])
-            order = np.argsort(ids_all, kind="stable")  # rows by plan position: (member, task, episode)
+            order = np.argsort(ids_all, kind="stable")  # rows in plan order, whatever process plays them
             actions_all: np.ndarray | None = None
             for m in np.unique(member[ids_all]):
                 rows = order[member[ids_all[order]] == m]
