@@ -1,12 +1,17 @@
 """Deterministic-policy evaluation: per-task success rates, by two protocols (docs/evaluation.md).
 
-``evaluate`` (protocol ``mtrl``, what the trainer logs): all K tasks of one of our envs run in
-lock-step; each task plays ``episodes_per_task`` episodes. An episode is a success if any of its
-steps reported ``info["success"]``. With ``terminate_on_success`` on the evaluation env (the
-default of ``env.eval_terminate_on_success``, as MetaWorld's own ``metaworld.evaluation`` does)
-an episode ends at its first success, which gives the same success flag in fewer steps. Tasks
-that finished their episodes keep stepping until every task has (their extra episodes are
-ignored), so the loop needs no per-task bookkeeping of actions.
+``evaluate`` (protocol ``mtrl``, what the trainer logs with ``train.eval_mode: sequential``): all
+K tasks of one of our envs run in lock-step; each task plays ``episodes_per_task`` episodes. An
+episode is a success if any of its steps reported ``info["success"]``. With
+``terminate_on_success`` on the evaluation env (the default of ``env.eval_terminate_on_success``,
+as MetaWorld's own ``metaworld.evaluation`` does) an episode ends at its first success, which
+gives the same success flag in fewer steps. Tasks that finished their episodes keep stepping
+until every task has (their extra episodes are ignored), so the loop needs no per-task
+bookkeeping of actions.
+
+``evaluate_episodes`` (protocol ``mtrl``, ``train.eval_mode: parallel``, the default): every
+episode a pure function of (run seed, evaluation, task, episode), all of them in lock-step on a
+pool of env instances (``mtrl.envs.episodes``); the policy takes the task of each row.
 
 ``evaluate_metaworld`` (protocol ``metaworld``): MetaWorld v3's own
 ``metaworld.evaluation.evaluation`` on MetaWorld's own vector env, with our policy behind
@@ -22,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 
 __all__ = [
-    "EvalResult", "MetaWorldAgent", "MetaWorldResult", "env_task_names", "evaluate", "evaluate_metaworld",
+    "EvalResult", "MetaWorldAgent", "MetaWorldResult", "env_task_names", "evaluate", "evaluate_episodes", "evaluate_metaworld",
     "make_metaworld_envs", "metaworld_obs_dim",
 ]
 
@@ -35,11 +40,14 @@ class EvalResult:
         task_names: MetaWorld names of the tasks, in row order.
         success_rate: [K] fraction of successful episodes.
         mean_return: [K] mean undiscounted episode return.
+        episode_success, episode_return: [K, E] per episode (``evaluate_episodes`` only).
     """
 
     task_names: list[str]
     success_rate: np.ndarray
     mean_return: np.ndarray
+    episode_success: np.ndarray | None = None
+    episode_return: np.ndarray | None = None
 
     @property
     def mean_success(self) -> float:
@@ -79,6 +87,23 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], env, episodes_per_task:
         returns += np.where(counted, result.episode_return, 0.0)
         finished += counted
     return EvalResult(list(env.task_names), successes / episodes_per_task, returns / episodes_per_task)
+
+
+def evaluate_episodes(
+    policy: Callable[[np.ndarray, np.ndarray], np.ndarray], runner, seed: int, evaluation: int, episodes_per_task: int,
+) -> EvalResult:
+    """Evaluation ``evaluation`` (the trainer passes the training step) of a run seeded ``seed``:
+    ``episodes_per_task`` episodes of every task of ``runner`` (an
+    ``mtrl.envs.episodes.EpisodeRunner``), their goals and reset seeds drawn from (seed,
+    evaluation, task, episode) alone. ``policy``: observations [N, obs_dim], task ids [N] ->
+    actions [N, A]."""
+    from mtrl.envs.episodes import plan_episodes
+
+    K, E = runner.num_tasks, episodes_per_task
+    outcomes = runner.run([policy], plan_episodes(seed, evaluation, runner.num_goals, E))
+    success = outcomes.success.reshape(K, E)  # the plan is ordered by (task, episode)
+    returns = outcomes.episode_return.reshape(K, E)
+    return EvalResult(list(runner.task_names), success.mean(axis=1), returns.mean(axis=1), success, returns)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from mtrl.agents.mtsac import MTSAC, HyperBatches
+from mtrl.envs.episodes import EpisodeRunner
 from mtrl.envs.metaworld import MultiTaskEnv, describe_goal_set
 from mtrl.envs.synthetic import PointMassEnv, is_point_benchmark
 from mtrl.envs.workers import ParallelMultiTaskEnv
@@ -33,8 +34,11 @@ from mtrl import checkpoint as ckpt
 from mtrl.aggregators import REGISTRY, Aggregator, make
 from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
 from mtrl import provenance
-from mtrl.config import ABSENT, RESUME_ALLOWED, Config, ConfigChange, ConfigError, config_changes, config_from_dict, config_to_dict, save_config
-from mtrl.evaluate import EvalResult, evaluate
+from mtrl.config import (
+    ABSENT, RESUME_ALLOWED, Config, ConfigChange, ConfigError, config_changes, config_from_dict, config_to_dict,
+    describe_legacy_values, keep_legacy_values, save_config,
+)
+from mtrl.evaluate import EvalResult, evaluate, evaluate_episodes
 from mtrl.jacobian import configure_allocator
 from mtrl.metrics import MetricsLogger, ProgressLine, read_metrics, read_status, truncate_metric_files, write_status
 from mtrl.replay import Batch, MultiTaskReplay
@@ -236,6 +240,17 @@ def _check_eval_goals(cfg: Config, state: dict[str, Any], run_dir: Path, changes
             "note": f"evaluation goals: {written} -> {expected}"}
 
 
+def _keep_legacy_values(cfg: Config, run_dir: Path, resume: str | None) -> Config:
+    """On resume, the run keeps the ``LEGACY_VALUES`` of keys its config lacks (written before they
+    existed; ``mtrl.config.keep_legacy_values``), said on stderr."""
+    if resume is None or not (run_dir / "config.yaml").exists():
+        return cfg
+    cfg, kept = keep_legacy_values(cfg, effective_config_dict(run_dir))
+    if kept:
+        print(describe_legacy_values(run_dir, kept), file=sys.stderr)
+    return cfg
+
+
 def _refusal(run_dir: Path, refused: list[ConfigChange]) -> str:
     listed = "; ".join(change.describe() for change in refused)
     return (
@@ -346,6 +361,7 @@ def train(
         if status.get("total_steps") == cfg.train.total_steps:
             print(f"{run_dir} is already finished ({status['step']} steps); nothing to do", file=sys.stderr)
             return RunResult(run_dir, int(status["step"]), False, status.get("last_success"))
+    cfg = _keep_legacy_values(cfg, run_dir, resume)
     state, changes = _prepare_run_dir(cfg, run_dir, resume, force)
     resumed = state is not None
     resume_notes: list[str] = []  # why the continuation may not be exact
@@ -356,6 +372,7 @@ def train(
 
     # ---- build everything ------------------------------------------------------------------
     env, eval_env = envs if envs is not None else build_envs(cfg)
+    runner = EpisodeRunner(eval_env, cfg.env.eval_envs) if tcfg.eval_mode == "parallel" else None
     K = env.num_tasks
     if tcfg.batch_size % K:
         raise ConfigError(f"train.batch_size ({tcfg.batch_size}) must be divisible by the number of tasks ({K})")
@@ -468,11 +485,14 @@ def train(
     def run_evaluation(step: int) -> None:
         nonlocal perf, last_success
 
-        def policy(o: np.ndarray) -> np.ndarray:
+        def policy(o: np.ndarray, task_ids: np.ndarray | None = None) -> np.ndarray:
             with torch.no_grad():
-                return agent.act(torch.as_tensor(o, device=device), deterministic=True).cpu().numpy()
+                return agent.act(torch.as_tensor(o, device=device), deterministic=True, task_ids=task_ids).cpu().numpy()
 
-        result = evaluate(policy, eval_env, tcfg.eval_episodes)
+        if runner is None:
+            result = evaluate(policy, eval_env, tcfg.eval_episodes)
+        else:
+            result = evaluate_episodes(policy, runner, cfg.seed, step, tcfg.eval_episodes)
         rates = [float(x) for x in result.success_rate]
         logger.log_eval(step, rates)
         perf = torch.tensor(rates, dtype=torch.float64)
@@ -636,9 +656,9 @@ def checkpoint_policy(state: dict[str, Any], obs_dim: int, action_dim: int, num_
     agent = MTSAC(obs_dim, action_dim, num_tasks, cfg.agent, device=torch_device)
     agent.load_training_state(state["agent"])
 
-    def policy(o: np.ndarray) -> np.ndarray:
+    def policy(o: np.ndarray, task_ids: np.ndarray | None = None) -> np.ndarray:
         with torch.no_grad():
-            return agent.act(torch.as_tensor(o, device=torch_device), deterministic=True).cpu().numpy()
+            return agent.act(torch.as_tensor(o, device=torch_device), deterministic=True, task_ids=task_ids).cpu().numpy()
 
     return policy
 
@@ -647,16 +667,24 @@ def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto", goals:
     """Evaluate the newest valid checkpoint of ``run_dir``; print per-task success and return the result.
 
     ``goals``: "train" or "heldout" (as ``env.eval_goals``); default the run's ``env.eval_goals``
-    ("train" for runs written before that key existed: the training goals)."""
+    ("train" for runs written before that key existed: the training goals). The run's
+    ``train.eval_mode`` applies; in mode ``parallel`` this plays the episodes of the trainer's
+    evaluation at the checkpoint's step (the first ``episodes`` of each task), so with the run's
+    ``train.eval_episodes`` it gives the success rates logged at that step."""
     state, path = ckpt.load_latest(run_dir)
-    cfg = config_from_dict(state["config"])
+    cfg, kept = keep_legacy_values(config_from_dict(state["config"]), state["config"])
+    if kept:
+        print(describe_legacy_values(path, kept), file=sys.stderr)
     goals = cfg.env.eval_goals if goals is None else goals
     env = make_env(cfg, cfg.seed + 20_000, evaluation=True, **eval_goal_set(cfg, goals))
     policy = checkpoint_policy(state, env.obs_dim, env.action_dim, env.num_tasks, device)
-    result = evaluate(policy, env, episodes)
+    if cfg.train.eval_mode == "parallel":  # the episodes of the trainer's evaluation at the checkpoint's step
+        result = evaluate_episodes(policy, EpisodeRunner(env, cfg.env.eval_envs), cfg.seed, state["step"], episodes)
+    else:
+        result = evaluate(policy, env, episodes)
     env.close()
     rates = [float(x) for x in result.success_rate]
-    print(f"{path} (step {state['step']}), {episodes} episode(s) per task, {goals} goals")
+    print(f"{path} (step {state['step']}), {episodes} episode(s) per task, {goals} goals, {cfg.train.eval_mode} evaluation")
     for name, rate in zip(env.task_names, rates):
         print(f"  {name:32s} {rate:.3f}")
     print(f"  {'mean':32s} {float(np.mean(rates)):.3f}")
