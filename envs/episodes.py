@@ -35,7 +35,12 @@ proportion to its episodes; an instance plays its episodes one after another, st
 at the step that ended the previous one (a success ends an episode early with
 ``terminate_on_success``). Each lock-step calls each member's policy once, on the stacked
 observations of that member's live episodes ordered by (task, episode), with their task ids:
-``policy(obs [N, obs_dim], task_ids [N]) -> actions [N, A]``. In process, or across the worker
+``policy(obs [N, obs_dim], task_ids [N]) -> actions [N, A]``, or one policy of all members once
+per lock-step, ``policy(obs, member_ids, task_ids)`` (a population's batched actor). A
+population's runner (``EpisodeRunner.for_members``) holds each member's own goal sets (those of
+its run's evaluation env), so member ``m``'s episodes are exactly its single run's
+(``mtrl.evaluate.evaluate_population``); the instances are shared, an instance playing episodes of
+any member of its task. In process, or across the worker
 processes of an ``mtrl.envs.workers.ParallelMultiTaskEnv`` (its local shard included): the
 instances are dealt to the processes by their expected cost (the task's step cost times its
 episodes, longest first), so the shards are balanced over the episodes rather than the tasks.
@@ -383,9 +388,21 @@ class EpisodeRunner:
             ``terminate_on_success`` apply; its own instances are the first of the pool (its
             own episode bookkeeping is not used or kept up to date).
         max_envs: most env instances the evaluation opens (``env.eval_envs``), the env's own included.
+        member_goal_sets: a population's goal sets (``for_members``): ``member_goal_sets[m][k]``
+            are the evaluation goals of task ``k`` for member ``m``, whose episodes' ``goal``
+            index into them. Default: every member plays on the env's own goal sets.
     """
 
-    def __init__(self, env: Any, max_envs: int) -> None:
+    @classmethod
+    def for_members(cls, env: Any, max_envs: int, goal_sets: Sequence[Sequence[Sequence[Any]]]) -> EpisodeRunner:
+        """The runner of a population: member ``m`` evaluates on ``goal_sets[m]`` (per task: the
+        goal set its own run's evaluation env has, e.g. ``mtrl.train.eval_goal_set`` of its
+        seed), on the instances of ``env`` (any member's evaluation env: an instance plays any
+        goal it is given, so one pool serves every member). ``mtrl.train.make_population_runner``
+        builds one from a config and seeds."""
+        return cls(env, max_envs, member_goal_sets=goal_sets)
+
+    def __init__(self, env: Any, max_envs: int, member_goal_sets: Sequence[Sequence[Sequence[Any]]] | None = None) -> None:
         from mtrl.envs.synthetic import PointMassEnv, PointMassInstance
         from mtrl.envs.workers import ParallelMultiTaskEnv
 
@@ -410,8 +427,34 @@ class EpisodeRunner:
             host = env.local_shard if self._workers else env
             self._local = None if host is None else _slots_of(host, lambda: metaworld_slots(host))
         self.num_goals = [len(goals) for goals in self.goal_sets]
+        self.member_goal_sets: list[list[list[Any]]] | None = None
+        if member_goal_sets is not None:
+            self.member_goal_sets = [[list(goals) for goals in sets] for sets in member_goal_sets]
+            for m, sets in enumerate(self.member_goal_sets):
+                if len(sets) != self.num_tasks or not all(sets):
+                    raise ValueError(
+                        f"member {m}'s goal sets must hold at least one goal for each of the {self.num_tasks} tasks; "
+                        f"got {[len(goals) for goals in sets]}"
+                    )
         self._task_keys = [int(k) for k in getattr(env, "task_ids", range(self.num_tasks))]  # what instances know a task by
         self.processes = (len(env.pids) + (self._local is not None)) if self._workers else 1
+
+    @property
+    def members(self) -> int | None:
+        """How many members have goal sets of their own (``for_members``); None: all play the env's."""
+        return None if self.member_goal_sets is None else len(self.member_goal_sets)
+
+    def goal_sets_of(self, member: int) -> list[list[Any]]:
+        """The goal sets (per task) member ``member``'s episodes draw from."""
+        if self.member_goal_sets is None:
+            return self.goal_sets
+        if not 0 <= member < len(self.member_goal_sets):
+            raise ValueError(f"member {member} has no goal sets: this runner has {len(self.member_goal_sets)} members")
+        return self.member_goal_sets[member]
+
+    def num_goals_of(self, member: int) -> list[int]:
+        """``len`` of each task's goal set of member ``member`` (``plan_episodes``' ``num_goals``)."""
+        return [len(goals) for goals in self.goal_sets_of(member)]
 
     def _command(self, payloads: list) -> list:
         """Send one command to every process; their replies in process order (the local one first)."""
@@ -424,12 +467,17 @@ class EpisodeRunner:
 
     def _start(self, episodes: list[Episode]) -> list:
         """Deal ``episodes`` to instances and processes and begin them; the processes' replies."""
+        goal_sets = {m: self.goal_sets_of(m) for m in {e.member for e in episodes}}
         for episode in episodes:
-            if not 0 <= episode.task < self.num_tasks or not 0 <= episode.goal < self.num_goals[episode.task]:
+            if not 0 <= episode.task < self.num_tasks or not 0 <= episode.goal < len(goal_sets[episode.member][episode.task]):
                 raise ValueError(f"{episode} names a task or goal this env does not have ({self.num_tasks} tasks)")
         shards = plan_slots([e.task for e in episodes], self.costs, self.max_envs, self.processes)
+
+        def goal(p: int) -> Any:
+            return goal_sets[episodes[p].member][episodes[p].task][episodes[p].goal]
+
         return self._command([
-            ("start", [(self._task_keys[k], count, [(p, self.goal_sets[k][episodes[p].goal], episodes[p].seed) for p in positions])
+            ("start", [(self._task_keys[k], count, [(p, goal(p), episodes[p].seed) for p in positions])
                        for k, count, positions in groups])
             for groups in shards
         ])
@@ -439,12 +487,20 @@ class EpisodeRunner:
         (the instances are kept: a run's later evaluations of the same size make none)."""
         self._start(list(episodes))
 
-    def run(self, policies: Sequence[Callable[[np.ndarray, np.ndarray], np.ndarray]], episodes: Sequence[Episode]) -> EpisodeOutcomes:
-        """Play ``episodes``; ``policies[m]`` acts for the episodes of member ``m``."""
+    def run(
+        self, policies: Sequence[Callable[[np.ndarray, np.ndarray], np.ndarray]] | Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+        episodes: Sequence[Episode],
+    ) -> EpisodeOutcomes:
+        """Play ``episodes``. ``policies``: a list, ``policies[m](obs [N, obs_dim], task_ids [N])``
+        acting for the episodes of member ``m`` (called once per lock-step on that member's live
+        rows), or one policy of every member, ``policy(obs [N, obs_dim], member_ids [N],
+        task_ids [N])``, called once per lock-step on all live rows (a population's batched
+        actor). Rows come in plan order either way."""
         episodes = list(episodes)
         n = len(episodes)
+        joint = callable(policies)
         for episode in episodes:
-            if not 0 <= episode.member < len(policies):
+            if not joint and not 0 <= episode.member < len(policies):
                 raise ValueError(f"{episode} is played by member {episode.member}, but {len(policies)} policies were given")
         member = np.array([e.member for e in episodes], dtype=np.int64)
         task = np.array([e.task for e in episodes], dtype=np.int64)
@@ -466,10 +522,14 @@ class EpisodeRunner:
             ids_all = np.concatenate(ids)
             obs_all = np.concatenate([reply[2] for reply in replies if len(reply[1])])
             order = np.argsort(ids_all, kind="stable")  # rows in plan order, whatever process plays them
+            if joint:  # every member's rows in one call
+                calls = [(order, lambda rows: policies(obs_all[rows], member[ids_all[rows]], task[ids_all[rows]]))]
+            else:
+                calls = [(order[member[ids_all[order]] == m], lambda rows, m=m: policies[m](obs_all[rows], task[ids_all[rows]]))
+                         for m in np.unique(member[ids_all])]
             actions_all: np.ndarray | None = None
-            for m in np.unique(member[ids_all]):
-                rows = order[member[ids_all[order]] == m]
-                actions = np.asarray(policies[m](obs_all[rows], task[ids_all[rows]]), dtype=np.float32)
+            for rows, act in calls:
+                actions = np.asarray(act(rows), dtype=np.float32)
                 if actions_all is None:
                     actions_all = np.empty((len(ids_all), actions.shape[1]), dtype=np.float32)
                 actions_all[rows] = actions

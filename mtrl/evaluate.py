@@ -12,6 +12,8 @@ bookkeeping of actions.
 ``evaluate_episodes`` (protocol ``mtrl``, ``train.eval_mode: parallel``, the default): every
 episode a pure function of (run seed, evaluation, task, episode), all of them in lock-step on a
 pool of env instances (``mtrl.envs.episodes``); the policy takes the task of each row.
+``evaluate_population`` plays the evaluations of a population's members (seeds of one config) in
+one lock-step, each member's episodes exactly those of its single run's ``evaluate_episodes``.
 
 ``evaluate_metaworld`` (protocol ``metaworld``): MetaWorld v3's own
 ``metaworld.evaluation.evaluation`` on MetaWorld's own vector env, with our policy behind
@@ -21,14 +23,14 @@ pool of env instances (``mtrl.envs.episodes``); the policy takes the task of eac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
 
 __all__ = [
     "EvalResult", "MetaWorldAgent", "MetaWorldResult", "env_task_names", "evaluate", "evaluate_episodes", "evaluate_metaworld",
-    "make_metaworld_envs", "metaworld_obs_dim",
+    "evaluate_population", "make_metaworld_envs", "metaworld_obs_dim",
 ]
 
 
@@ -97,13 +99,54 @@ def evaluate_episodes(
     ``mtrl.envs.episodes.EpisodeRunner``), their goals and reset seeds drawn from (seed,
     evaluation, task, episode) alone. ``policy``: observations [N, obs_dim], task ids [N] ->
     actions [N, A]."""
+    (result,) = evaluate_population([policy], runner, [seed], evaluation, episodes_per_task)
+    return result
+
+
+def evaluate_population(
+    policy: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | Sequence[Callable[[np.ndarray, np.ndarray], np.ndarray]],
+    runner, seeds: Sequence[int], evaluation: int, episodes_per_task: int,
+) -> list[EvalResult]:
+    """Evaluation ``evaluation`` of every member of a population, member ``m`` the run seeded
+    ``seeds[m]``: its result is exactly ``evaluate_episodes`` of that single run (the same
+    episodes: goals from its own goal sets, reset seeds from its seed), given a policy whose
+    action for a row depends on that row alone. All members' K x E episodes run in one lock-step
+    over the runner's pool (at most ``env.eval_envs`` instances, its worker processes).
+
+    Args:
+        policy: one policy of every member, ``policy(obs [N, obs_dim], member_ids [N], task_ids [N])
+            -> actions [N, A]``, called once per lock-step on all members' live rows (a
+            population's batched actor); or a list of per-member policies ``policies[m](obs,
+            task_ids)``, each called once per lock-step on its member's rows.
+        runner: an ``mtrl.envs.episodes.EpisodeRunner`` whose member ``m`` has member ``m``'s
+            evaluation goal sets (``EpisodeRunner.for_members``,
+            ``mtrl.train.make_population_runner``); a runner without member goal sets plays
+            every member on its env's goal sets.
+        seeds: each member's run seed.
+        evaluation: the evaluation's number (the trainer passes the training step).
+        episodes_per_task: E.
+
+    Returns one ``EvalResult`` per member, in ``seeds`` order, with ``episode_success`` and
+    ``episode_return`` [K, E].
+    """
     from mtrl.envs.episodes import plan_episodes
 
-    K, E = runner.num_tasks, episodes_per_task
-    outcomes = runner.run([policy], plan_episodes(seed, evaluation, runner.num_goals, E))
-    success = outcomes.success.reshape(K, E)  # the plan is ordered by (task, episode)
-    returns = outcomes.episode_return.reshape(K, E)
-    return EvalResult(list(runner.task_names), success.mean(axis=1), returns.mean(axis=1), success, returns)
+    seeds = [int(seed) for seed in seeds]
+    S, K, E = len(seeds), runner.num_tasks, episodes_per_task
+    if not S:
+        raise ValueError("a population needs at least one member (seeds is empty)")
+    if runner.members is not None and runner.members != S:
+        raise ValueError(f"the runner has goal sets for {runner.members} members, got {S} seeds")
+    if not callable(policy) and len(policy) != S:
+        raise ValueError(f"got {len(policy)} policies for {S} members")
+    plan = []  # ordered by (member, task, episode)
+    for m, seed in enumerate(seeds):
+        plan += plan_episodes(seed, evaluation, runner.num_goals_of(m), E, member=m)
+    outcomes = runner.run(policy if callable(policy) else list(policy), plan)
+    success = outcomes.success.reshape(S, K, E)
+    returns = outcomes.episode_return.reshape(S, K, E)
+    names = list(runner.task_names)
+    return [EvalResult(names, success[m].mean(axis=1), returns[m].mean(axis=1), success[m], returns[m]) for m in range(S)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,10 @@ from mtrl.runs import CONFIG_HISTORY, PROVENANCE, append_jsonl, effective_config
 from mtrl.tracking import open_logger
 from mtrl.video import TrainingVideos
 
-__all__ = ["RunResult", "aggregator_seed", "checkpoint_policy", "eval_goal_set", "evaluate_run", "resolve_device", "train"]
+__all__ = [
+    "RunResult", "aggregator_seed", "checkpoint_policy", "eval_goal_set", "evaluate_run", "make_population_runner",
+    "member_eval_goal_sets", "resolve_device", "train",
+]
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,43 @@ def eval_goal_set(cfg: Config, goals: str | None = None) -> dict[str, Any]:
     if goals not in ("train", "heldout"):
         raise ConfigError(f"evaluation goals must be one of train, heldout; got {goals!r}")
     return {"goal_seed": cfg.seed, "heldout_goals": goals == "heldout"}
+
+
+def member_eval_goal_sets(cfg: Config) -> list[list[Any]]:
+    """The evaluation goal sets (per task) of the run ``cfg``: what its evaluation env
+    (``build_envs``) holds, without building one. ``Point-<K>`` tasks have one goal each (None)."""
+    if is_point_benchmark(cfg.env.benchmark):
+        return [[None] for _ in range(PointMassEnv(cfg.env.benchmark, seed=0).num_tasks)]
+    from mtrl.envs.metaworld import heldout_goal_sets, task_goal_sets
+
+    goals = eval_goal_set(cfg)
+    return (heldout_goal_sets if goals["heldout_goals"] else task_goal_sets)(cfg.env.benchmark, goals["goal_seed"])
+
+
+def make_population_runner(members: Sequence[Config]) -> EpisodeRunner:
+    """The episode runner of a population's evaluations: ``members[m]`` is member ``m``'s config
+    (one config, its own ``seed``). One evaluation env, member 0's (in ``env.workers`` processes
+    when > 1, as the trainer builds it), with up to ``env.eval_envs`` instances for all members
+    together; member ``m`` plays on its own run's evaluation goal sets (``eval_goal_set`` of its
+    config), so ``mtrl.evaluate.evaluate_population`` gives each member its single run's
+    evaluation. The members must agree on every ``env`` key but ``eval_goals``. The caller closes
+    the env (``runner.env.close()``)."""
+    members = list(members)
+    if not members:
+        raise ConfigError("a population needs at least one member")
+    shared = [dataclasses.replace(m.env, eval_goals="train") for m in members]
+    for m, env_cfg in enumerate(shared[1:], start=1):
+        if env_cfg != shared[0]:
+            raise ConfigError(f"population member {m}'s env settings differ from member 0's: {env_cfg} against {shared[0]}")
+    first = members[0]
+    env = make_env(first, first.seed + 10_000, evaluation=True, **eval_goal_set(first))
+    try:
+        own = getattr(env, "goal_sets", None)  # member 0's, sampled already (MetaWorld)
+        goal_sets = [own if m == 0 and own is not None else member_eval_goal_sets(cfg) for m, cfg in enumerate(members)]
+        return EpisodeRunner.for_members(env, first.env.eval_envs, goal_sets)
+    except BaseException:
+        env.close()
+        raise
 
 
 def build_envs(cfg: Config) -> tuple[MultiTaskEnv, MultiTaskEnv]:
