@@ -122,13 +122,17 @@ class MTSAC(nn.Module):
         return layout
 
     # ---- acting -------------------------------------------------------------------------------
-    def act(self, obs: Tensor, deterministic: bool = False, generator: torch.Generator | None = None) -> Tensor:
-        """Actions [K, A] for observations [K, obs_dim] of tasks 0..K-1."""
+    def act(
+        self, obs: Tensor, deterministic: bool = False, generator: torch.Generator | None = None, task_ids: Tensor | None = None
+    ) -> Tensor:
+        """Actions [N, A] for observations [N, obs_dim]: row n belongs to task ``task_ids[n]``
+        (default: rows are tasks 0..N-1, one per task, as the training env steps them)."""
         obs = obs.to(self.device, torch.float32)
         noise = None
         if not deterministic:
             noise = torch.randn(obs.shape[0], self.action_dim, generator=generator, device=self.device)
-        action, _ = self.actor(obs, self.codes[: obs.shape[0]], noise)
+        codes = self.codes[: obs.shape[0]] if task_ids is None else self.codes[torch.as_tensor(task_ids, device=self.device)]
+        action, _ = self.actor(obs, codes, noise)
         return action
 
     # ---- per-task losses (batch-polymorphic: one task, or all K stacked) ------------------------

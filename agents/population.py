@@ -449,6 +449,7 @@ class PopulationSAC(nn.Module):
                 for t, value in zip(targets, kept):
                     t[lost] = value
         metrics["alpha"] = alpha.mean(-1)
+        metrics["temperature/alpha"] = alpha  # [S, K]: every member's per-task temperatures, as this update used them
         metrics["failed"] = failed
         return metrics
 

@@ -35,6 +35,23 @@ def is_point_benchmark(benchmark: str) -> bool:
     return bool(_PATTERN.match(benchmark))
 
 
+def _start_states(rng: np.random.Generator, n: int) -> np.ndarray:
+    """[n, 4] float32: positions uniform in [-0.1, 0.1]^2, at rest."""
+    state = np.zeros((n, 4), dtype=np.float32)
+    state[:, :2] = rng.uniform(-0.1, 0.1, size=(n, 2)).astype(np.float32)
+    return state
+
+
+def _dynamics(state: np.ndarray, actions: np.ndarray, goals: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step of point masses ``state`` [n, 4] under ``actions`` [n, 2] towards ``goals`` [n, 2]:
+    the next state [n, 4] float32, the reward [n] float32 and the success flags [n]."""
+    actions = np.clip(actions, -1.0, 1.0)
+    velocity = 0.5 * state[:, 2:] + 0.1 * actions
+    position = state[:, :2] + velocity
+    distance = np.linalg.norm(position - goals, axis=1)
+    return np.concatenate([position, velocity], axis=1).astype(np.float32), (-distance).astype(np.float32), distance < radius
+
+
 class PointMassEnv(AsyncStepping):
     """K point-mass reaching tasks stepped in lock-step; see the module docstring."""
 
@@ -63,9 +80,7 @@ class PointMassEnv(AsyncStepping):
         self._return = np.zeros(self.num_tasks, dtype=np.float64)
 
     def _reset_tasks(self, mask: np.ndarray) -> None:
-        n = int(mask.sum())
-        self._state[mask, :2] = self._rng.uniform(-0.1, 0.1, size=(n, 2)).astype(np.float32)
-        self._state[mask, 2:] = 0.0
+        self._state[mask] = _start_states(self._rng, int(mask.sum()))
         self._t[mask] = 0
         self._succeeded[mask] = False
         self._return[mask] = 0.0
@@ -80,13 +95,7 @@ class PointMassEnv(AsyncStepping):
         actions = np.asarray(actions, dtype=np.float32)
         if actions.shape != (self.num_tasks, self.action_dim):
             raise ValueError(f"actions must have shape {(self.num_tasks, self.action_dim)}, got {actions.shape}")
-        actions = np.clip(actions, -1.0, 1.0)  # [K, 2]
-        velocity = 0.5 * self._state[:, 2:] + 0.1 * actions
-        position = self._state[:, :2] + velocity
-        self._state = np.concatenate([position, velocity], axis=1).astype(np.float32)
-        distance = np.linalg.norm(position - self.goals, axis=1)
-        reward = (-distance).astype(np.float32)
-        success = distance < self.success_radius
+        self._state, reward, success = _dynamics(self._state, actions, self.goals, self.success_radius)
         next_obs = self._state.copy()
         ends = end_of_step(self._t, self._succeeded, self._return, reward, success, self.max_episode_steps, self.terminate_on_success)
         if ends["episode_done"].any():
@@ -117,3 +126,27 @@ class PointMassEnv(AsyncStepping):
     def close(self) -> None:
         pass
 
+
+
+class PointMassInstance:
+    """One task of ``Point-<K>`` that plays one episode at a time: the env instance of the
+    episode engine (``mtrl.envs.episodes``). A reset starts from the episode's own seed, so an
+    episode does not depend on what the instance played before."""
+
+    def __init__(self, goal: np.ndarray, success_radius: float = PointMassEnv.success_radius) -> None:
+        self.goal = np.asarray(goal, dtype=np.float32).reshape(1, 2)
+        self.success_radius = success_radius
+        self._state = np.zeros((1, 4), dtype=np.float32)
+
+    def reset(self, goal: None, seed: int) -> np.ndarray:
+        """``goal``: None (a point-mass task has one goal); returns the first observation [4]."""
+        self._state = _start_states(np.random.default_rng(seed), 1)
+        return self._state[0].copy()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool]:
+        """(observation [4], reward, success) of one step."""
+        self._state, reward, success = _dynamics(self._state, np.asarray(action, dtype=np.float32).reshape(1, 2), self.goal, self.success_radius)
+        return self._state[0].copy(), reward[0], bool(success[0])
+
+    def close(self) -> None:
+        pass

@@ -61,3 +61,25 @@ STEP_MS = {
     "window-open-v3": 0.551,
     "window-close-v3": 0.496,
 }
+
+
+_MEDIAN = sorted(STEP_MS.values())[len(STEP_MS) // 2]
+
+
+def step_cost(task: str) -> float:
+    """The relative step cost of ``task``; a task missing from the table counts as the median task."""
+    return STEP_MS.get(task, _MEDIAN)
+
+
+def balance(costs: list[float], bins: int) -> list[list[int]]:
+    """Deal items of the given costs into ``bins`` groups, longest-processing-time first: the
+    costliest item goes to the group with the least work so far (ties: the lower group). Groups
+    come lightest first, their items in index order; with more groups than items some are empty."""
+    groups: list[list[int]] = [[] for _ in range(bins)]
+    loads = [0.0] * bins
+    for k in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
+        w = min(range(bins), key=lambda w: (loads[w], w))
+        groups[w].append(k)
+        loads[w] += costs[k]
+    order = sorted(range(bins), key=lambda w: (loads[w], w))
+    return [sorted(groups[w]) for w in order]

@@ -90,11 +90,13 @@ from mtrl.envs.metaworld import (
     AsyncStepping, MultiTaskEnv, StepInFlightError, StepResult, _check_episode_steps, benchmark_task_names, from_tensors,
     heldout_goal_sets, join_tasks, select_tasks, task_goal_sets, to_tensors,
 )
-from mtrl.envs.task_costs import STEP_MS
+from mtrl.envs.episodes import metaworld_slots
+from mtrl.envs.task_costs import balance, step_cost
 
 __all__ = ["EnvWorkerError", "ParallelMultiTaskEnv", "ShardedEnv", "assign_tasks"]
 
 START_METHODS = ("spawn", "forkserver", "fork")
+_SPUN = ("step", "episodes")  # the hot commands, whose answers the parent spins for (module docstring)
 _RESULT_FIELDS = (
     "obs", "next_obs", "reward", "terminated", "truncated", "success", "episode_done", "episode_success", "episode_return", "unstable",
 )
@@ -111,17 +113,7 @@ def assign_tasks(task_names: list[str], workers: int) -> list[list[int]]:
     far (ties: the lower shard). Shards come lightest first (the local shard's, module docstring)
     with their tasks in benchmark order; a task missing from ``envs/task_costs.py`` counts as the
     median task."""
-    workers = min(workers, len(task_names))
-    default = sorted(STEP_MS.values())[len(STEP_MS) // 2]
-    costs = [STEP_MS.get(name, default) for name in task_names]
-    shards: list[list[int]] = [[] for _ in range(workers)]
-    loads = [0.0] * workers
-    for k in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
-        w = min(range(workers), key=lambda w: (loads[w], w))
-        shards[w].append(k)
-        loads[w] += costs[k]
-    order = sorted(range(workers), key=lambda w: (loads[w], w))
-    return [sorted(shards[w]) for w in order]
+    return balance([step_cost(name) for name in task_names], min(workers, len(task_names)))
 
 
 def _layout(K: int, obs_dim: int, action_dim: int) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -240,6 +232,7 @@ def _worker(conn, parts: list[dict], goal_sets, buffers: dict, layout: dict, spi
         return
     conn.send(("ok", None))
     spin = _Spin(spin_s, [conn.fileno()])
+    episodes = None  # the episode engine's instances here (mtrl.envs.episodes), made on first use
     while True:
         started = time.perf_counter()
         spin.wait()
@@ -262,6 +255,10 @@ def _worker(conn, parts: list[dict], goal_sets, buffers: dict, layout: dict, spi
                 reply = shard.state(payload)
             elif command == "load":
                 shard.load(views, payload)
+            elif command == "episodes":
+                if episodes is None:  # the shard's instances serve as the first slots (an evaluation env has one member)
+                    episodes = metaworld_slots(shard.envs[0])
+                reply = episodes.handle(payload)
             else:
                 raise ValueError(f"unknown env worker command {command!r}")
             answer = ("ok", reply)
@@ -271,6 +268,8 @@ def _worker(conn, parts: list[dict], goal_sets, buffers: dict, layout: dict, spi
             conn.send(answer)
         except (BrokenPipeError, OSError):  # the parent is gone or gave up on this worker
             break
+    if episodes is not None:
+        episodes.close()
     shard.close()
 
 
@@ -469,7 +468,7 @@ class ShardedEnv(AsyncStepping):
         deadline = time.monotonic() + self.timeout_s
         failures = []
         # the hot path: answers usually follow within the shards' imbalance
-        all_spun = command == "step" and len(self._spin.wait()) == len(self._conns)
+        all_spun = command in _SPUN and len(self._spin.wait()) == len(self._conns)
         while pending:
             if all_spun:  # every answer is in: no need to ask the kernel
                 ready, all_spun = self._conns, False
@@ -504,7 +503,7 @@ class ShardedEnv(AsyncStepping):
                         hint = (" (its own traceback is above; a script that starts training at import time must do so "
                                 "under `if __name__ == '__main__':`, since workers import the main module)")
                     failures.append(f"{self._describe(w)} died ({how}) during {command!r}{hint}")
-        if command == "step":
+        if command in _SPUN:
             self._spin.learn(time.perf_counter() - started)
         if failures:
             self._fail("\n".join(failures))
@@ -605,6 +604,19 @@ class ShardedEnv(AsyncStepping):
         self._finalizer()
         if self._local is not None:
             self._local.close()
+
+    def episodes(self, payloads: list, local: Callable[[], Any] | None = None) -> list:
+        """One command of the episode engine (``mtrl.envs.episodes.EpisodeRunner``): ``payloads[w]``
+        to worker process ``w``, whose instances of any task play the episodes it is given;
+        ``local`` (the local shard's part) runs meanwhile. Returns the workers' replies and, last,
+        ``local()``'s result."""
+        return self._request("episodes", payloads, local=local)
+
+    @property
+    def local_shard(self) -> MultiTaskEnv | None:
+        """The env of the shard this process steps (``local_shard=True``; its first member's, the
+        only one of a ``ParallelMultiTaskEnv``), else None."""
+        return None if self._local is None else self._local.envs[0]
 
     @property
     def pids(self) -> list[int]:

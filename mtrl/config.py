@@ -28,6 +28,7 @@ __all__ = [
     "TrainConfig",
     "WandbConfig",
     "ConfigChange",
+    "LEGACY_VALUES",
     "RESUME_ALLOWED",
     "apply_overrides",
     "config_changes",
@@ -37,6 +38,8 @@ __all__ = [
     "flatten_config",
     "identity_keys",
     "is_resume_allowed",
+    "keep_legacy_values",
+    "legacy_values",
     "load_config",
     "parse_seeds",
     "resolved_flat_config",
@@ -85,6 +88,12 @@ class EnvConfig:
             applies to the evaluation env only): this process is busy with the update meanwhile,
             on a CPU with its arithmetic, on a GPU with launching its kernels
             (``docs/benchmarks.md``).
+        eval_envs: with ``train.eval_mode: parallel``, the most env instances an evaluation
+            opens (the evaluation env's own included; ``mtrl.envs.episodes``): its K x
+            ``train.eval_episodes`` episodes run in lock-step on up to this many, an instance
+            playing several of its task's episodes one after another when they are fewer. At
+            least the number of tasks. A MetaWorld instance holds about 21 MB. Never changes a
+            result.
     """
 
     benchmark: str = "MT10"
@@ -95,6 +104,7 @@ class EnvConfig:
     local_shard: bool = True
     spin_ms: float = 5.0
     overlap: bool = False
+    eval_envs: int = 100
 
 
 @dataclass(frozen=True)
@@ -207,6 +217,12 @@ class TrainConfig:
         replay_capacity: total replay capacity over tasks (split evenly).
         eval_every: evaluate every N steps (and at the end).
         eval_episodes: evaluation episodes per task.
+        eval_mode: how evaluations play their episodes (docs/evaluation.md): "parallel" (each
+            episode a pure function of the run's seed, the evaluation's step, the task and the
+            episode, all episodes in lock-step over up to ``env.eval_envs`` env instances) or
+            "sequential" (each task plays its episodes one after another on the evaluation env,
+            whose RNG carries over from one evaluation to the next: the evaluation of runs
+            written before this key existed, which keep it when resumed).
         log_every: write a metrics.jsonl line every N steps.
         tensorboard: also write TensorBoard events (needs the ``tensorboard`` extra).
         progress: show a progress bar on stderr.
@@ -223,6 +239,7 @@ class TrainConfig:
     replay_capacity: int = 1_000_000
     eval_every: int = 10_000
     eval_episodes: int = 10
+    eval_mode: str = "parallel"
     log_every: int = 1000
     tensorboard: bool = False
     progress: bool = True
@@ -278,6 +295,7 @@ class Config:
 _POSITIVE_INTS = {
     "env.max_episode_steps",
     "env.workers",
+    "env.eval_envs",
     "agent.hidden_dim",
     "agent.num_layers",
     "agent.task_embedding_dim",
@@ -295,6 +313,7 @@ _NON_NEGATIVE_INTS = {"seed", "train.warmup_steps", "train.video_every", "checkp
 _POSITIVE_FLOATS = {"agent.actor_lr", "agent.critic_lr", "agent.alpha_lr", "agent.init_temperature"}
 _CHOICES = {
     "env.eval_goals": ("train", "heldout"),
+    "train.eval_mode": ("parallel", "sequential"),
     "agent.variant": ("mt", "te", "mh"),
     "agent.adam": ("fused", "foreach"),
     "aggregator.jacobian": ("auto", "linear", "vmap", "loop"),
@@ -532,10 +551,21 @@ RESUME_ALLOWED = (
     "env.workers",
     "env.local_shard",
     "env.spin_ms",
+    "env.eval_envs",
     "checkpoint.every",
     "checkpoint.keep",
     "checkpoint.include_replay",
 )
+
+#: The value a key had in runs written before the key existed, where that is not today's default:
+#: a config dict without the key means this value (``config_changes``, ``resolved_flat_config``),
+#: and such a run keeps it when resumed or evaluated (``keep_legacy_values``). A key without an
+#: entry here meant its default. Only identity keys need one (an allowed key changes nothing).
+LEGACY_VALUES: dict[str, Any] = {
+    # runs before episode-parallel evaluation played each task's episodes one after another on
+    # the evaluation env (mtrl.evaluate.evaluate)
+    "train.eval_mode": "sequential",
+}
 
 #: The mapping-valued fields whose entries are aggregator options (``flatten_config(options=True)``).
 _OPTION_FIELDS = ("aggregator.options", "aggregator.critic_options", "aggregator.actor_options")
@@ -584,11 +614,14 @@ def identity_keys(cls: type = Config) -> list[str]:
 
 
 def resolved_flat_config(data: dict[str, Any]) -> dict[str, Any]:
-    """What a config dict means, as flat keys: validated, absent keys at their defaults (a key
-    missing from an older run's config.yaml meant the behaviour of its default), and the aggregator
+    """What a config dict means, as flat keys: validated, absent keys at their ``LEGACY_VALUES``
+    where they have one, else at their defaults (a key missing from an older run's config.yaml
+    meant the behaviour it had before the key existed: its default, unless the default changed
+    when the key came), and the aggregator
     options expanded, ``aggregator.options.<name>`` with every option of the aggregator at its
     default unless set (``critic_options`` and ``actor_options`` hold only their overrides)."""
-    cfg = config_from_dict(data)
+    missing = legacy_values(data)
+    cfg = config_from_dict(_with_values(data, missing))
     flat = flatten_config(config_to_dict(cfg), options=True)
     from mtrl.aggregators import REGISTRY
 
@@ -628,7 +661,51 @@ def _show(value: Any) -> str:
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[ConfigChange]:
     """Every flat key whose meaning differs between the config dicts ``old`` and ``new`` (both
-    resolved with ``resolved_flat_config``: absent keys at their defaults), in key order."""
+    resolved with ``resolved_flat_config``: absent keys at their legacy values or defaults), in
+    key order."""
     a, b = resolved_flat_config(old), resolved_flat_config(new)
     return [ConfigChange(key, a.get(key, ABSENT), b.get(key, ABSENT)) for key in sorted(set(a) | set(b))
             if a.get(key, ABSENT) != b.get(key, ABSENT)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Legacy values: what a run written before a key existed keeps.
+# ---------------------------------------------------------------------------------------------
+def _with_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the nested config dict ``data`` with the flat ``values`` set."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for key, value in values.items():
+        *sections, name = key.split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return data
+
+
+def legacy_values(data: dict[str, Any]) -> dict[str, Any]:
+    """The ``LEGACY_VALUES`` of the keys the config dict ``data`` lacks (a run written before they existed)."""
+    flat = flatten_config(data)
+    return {key: value for key, value in LEGACY_VALUES.items() if key not in flat}
+
+
+def keep_legacy_values(cfg: Config, saved: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
+    """``cfg`` for a run whose config as written is ``saved`` (a config dict): every key ``saved``
+    lacks that has a legacy value takes it where ``cfg`` holds today's default (which is all a
+    config read from such a run can hold; another value is a change, for ``config_changes`` to
+    judge). Returns the config and the values it kept, ``{key: legacy value}`` (empty: ``cfg``)."""
+    flat = flatten_config(config_to_dict(cfg))
+    defaults = flatten_config(config_to_dict(Config()))
+    kept = {key: value for key, value in legacy_values(saved).items() if flat.get(key) == defaults.get(key) != value}
+    if not kept:
+        return cfg, {}
+    return config_from_dict(_with_values(config_to_dict(cfg), kept)), kept
+
+
+def describe_legacy_values(source: Any, kept: dict[str, Any]) -> str:
+    """The line that says which legacy values ``source`` (a run directory or checkpoint) keeps."""
+    keys = ", ".join(kept)
+    values = ", ".join(f"{key}: {value}" for key, value in kept.items())
+    return f"{source} was written before {keys} existed: it keeps what it had then, {values}"

@@ -1,12 +1,19 @@
 """Deterministic-policy evaluation: per-task success rates, by two protocols (docs/evaluation.md).
 
-``evaluate`` (protocol ``mtrl``, what the trainer logs): all K tasks of one of our envs run in
-lock-step; each task plays ``episodes_per_task`` episodes. An episode is a success if any of its
-steps reported ``info["success"]``. With ``terminate_on_success`` on the evaluation env (the
-default of ``env.eval_terminate_on_success``, as MetaWorld's own ``metaworld.evaluation`` does)
-an episode ends at its first success, which gives the same success flag in fewer steps. Tasks
-that finished their episodes keep stepping until every task has (their extra episodes are
-ignored), so the loop needs no per-task bookkeeping of actions.
+``evaluate`` (protocol ``mtrl``, what the trainer logs with ``train.eval_mode: sequential``): all
+K tasks of one of our envs run in lock-step; each task plays ``episodes_per_task`` episodes. An
+episode is a success if any of its steps reported ``info["success"]``. With
+``terminate_on_success`` on the evaluation env (the default of ``env.eval_terminate_on_success``,
+as MetaWorld's own ``metaworld.evaluation`` does) an episode ends at its first success, which
+gives the same success flag in fewer steps. Tasks that finished their episodes keep stepping
+until every task has (their extra episodes are ignored), so the loop needs no per-task
+bookkeeping of actions.
+
+``evaluate_episodes`` (protocol ``mtrl``, ``train.eval_mode: parallel``, the default): every
+episode a pure function of (run seed, evaluation, task, episode), all of them in lock-step on a
+pool of env instances (``mtrl.envs.episodes``); the policy takes the task of each row.
+``evaluate_population`` plays the evaluations of a population's members (seeds of one config) in
+one lock-step, each member's episodes exactly those of its single run's ``evaluate_episodes``.
 
 ``evaluate_metaworld`` (protocol ``metaworld``): MetaWorld v3's own
 ``metaworld.evaluation.evaluation`` on MetaWorld's own vector env, with our policy behind
@@ -16,14 +23,14 @@ ignored), so the loop needs no per-task bookkeeping of actions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
 
 __all__ = [
-    "EvalResult", "MetaWorldAgent", "MetaWorldResult", "env_task_names", "evaluate", "evaluate_metaworld",
-    "make_metaworld_envs", "metaworld_obs_dim",
+    "EvalResult", "MetaWorldAgent", "MetaWorldResult", "env_task_names", "evaluate", "evaluate_episodes", "evaluate_metaworld",
+    "evaluate_population", "make_metaworld_envs", "metaworld_obs_dim",
 ]
 
 
@@ -35,11 +42,14 @@ class EvalResult:
         task_names: MetaWorld names of the tasks, in row order.
         success_rate: [K] fraction of successful episodes.
         mean_return: [K] mean undiscounted episode return.
+        episode_success, episode_return: [K, E] per episode (``evaluate_episodes`` only).
     """
 
     task_names: list[str]
     success_rate: np.ndarray
     mean_return: np.ndarray
+    episode_success: np.ndarray | None = None
+    episode_return: np.ndarray | None = None
 
     @property
     def mean_success(self) -> float:
@@ -79,6 +89,74 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], env, episodes_per_task:
         returns += np.where(counted, result.episode_return, 0.0)
         finished += counted
     return EvalResult(list(env.task_names), successes / episodes_per_task, returns / episodes_per_task)
+
+
+def evaluate_episodes(
+    policy: Callable[[np.ndarray, np.ndarray], np.ndarray], runner, seed: int, evaluation: int, episodes_per_task: int,
+) -> EvalResult:
+    """Evaluation ``evaluation`` (the trainer passes the training step) of a run seeded ``seed``:
+    ``episodes_per_task`` episodes of every task of ``runner`` (an
+    ``mtrl.envs.episodes.EpisodeRunner``), their goals and reset seeds drawn from (seed,
+    evaluation, task, episode) alone. ``policy``: observations [N, obs_dim], task ids [N] ->
+    actions [N, A]."""
+    (result,) = evaluate_population([policy], runner, [seed], evaluation, episodes_per_task)
+    return result
+
+
+def evaluate_population(
+    policy: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | Sequence[Callable[[np.ndarray, np.ndarray], np.ndarray]],
+    runner, seeds: Sequence[int], evaluation: int, episodes_per_task: int, only: Sequence[int] | None = None,
+) -> list[EvalResult]:
+    """Evaluation ``evaluation`` of every member of a population, member ``m`` the run seeded
+    ``seeds[m]``: its result is exactly ``evaluate_episodes`` of that single run (the same
+    episodes: goals from its own goal sets, reset seeds from its seed), given a policy whose
+    action for a row depends on that row alone. All members' K x E episodes run in one lock-step
+    over the runner's pool (at most ``env.eval_envs`` instances, its worker processes).
+
+    Args:
+        policy: one policy of every member, ``policy(obs [N, obs_dim], member_ids [N], task_ids [N])
+            -> actions [N, A]``, called once per lock-step on all members' live rows (a
+            population's batched actor); or a list of per-member policies ``policies[m](obs,
+            task_ids)``, each called once per lock-step on its member's rows.
+        runner: an ``mtrl.envs.episodes.EpisodeRunner`` whose member ``m`` has member ``m``'s
+            evaluation goal sets (``EpisodeRunner.for_members``,
+            ``mtrl.train.make_population_runner``); a runner without member goal sets plays
+            every member on its env's goal sets.
+        seeds: each member's run seed.
+        evaluation: the evaluation's number (the trainer passes the training step).
+        episodes_per_task: E.
+        only: evaluate these members alone (indices into ``seeds``; a population whose other
+            members stopped); ``policy``, when a list, then holds one policy per member of ``only``.
+
+    Returns one ``EvalResult`` per member (of ``only`` when given), in order, with
+    ``episode_success`` and ``episode_return`` [K, E].
+    """
+    from mtrl.envs.episodes import plan_episodes
+
+    seeds = [int(seed) for seed in seeds]
+    S, K, E = len(seeds), runner.num_tasks, episodes_per_task
+    if not S:
+        raise ValueError("a population needs at least one member (seeds is empty)")
+    if runner.members is not None and runner.members != S:
+        raise ValueError(f"the runner has goal sets for {runner.members} members, got {S} seeds")
+    chosen = list(range(S)) if only is None else [int(m) for m in only]
+    if not all(0 <= m < S for m in chosen) or len(set(chosen)) != len(chosen):
+        raise ValueError(f"only must name distinct members in [0, {S}), got {list(only or [])}")
+    if not callable(policy):
+        if len(policy) != len(chosen):
+            raise ValueError(f"got {len(policy)} policies for {len(chosen)} members")
+        by_member: list[Any] = [None] * S
+        for m, p in zip(chosen, policy):
+            by_member[m] = p
+        policy = by_member
+    plan = []  # ordered by (member, task, episode)
+    for m in chosen:
+        plan += plan_episodes(seeds[m], evaluation, runner.num_goals_of(m), E, member=m)
+    outcomes = runner.run(policy, plan)
+    success = outcomes.success.reshape(len(chosen), K, E)
+    returns = outcomes.episode_return.reshape(len(chosen), K, E)
+    names = list(runner.task_names)
+    return [EvalResult(names, success[i].mean(axis=1), returns[i].mean(axis=1), success[i], returns[i]) for i in range(len(chosen))]
 
 
 # ---------------------------------------------------------------------------------------------

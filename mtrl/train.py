@@ -28,15 +28,20 @@ import torch
 
 from mtrl.agents.mtsac import MTSAC, HyperBatches
 from mtrl.agents.population import PopulationSAC, member_metrics
+from mtrl.envs.episodes import EpisodeRunner
 from mtrl.envs.metaworld import MultiTaskEnv, describe_goal_set
 from mtrl.envs.synthetic import PointMassEnv, is_point_benchmark
+from mtrl.envs.population import PopulationEnv
 from mtrl.envs.workers import ParallelMultiTaskEnv
 from mtrl import checkpoint as ckpt
 from mtrl.aggregators import REGISTRY, Aggregator, make
 from mtrl.aggregators.performance import performance_weights, success_to_performance_drop
 from mtrl import provenance
-from mtrl.config import ABSENT, RESUME_ALLOWED, parse_seeds, Config, ConfigChange, ConfigError, config_changes, config_from_dict, config_to_dict, save_config
-from mtrl.evaluate import EvalResult, evaluate
+from mtrl.config import (
+    ABSENT, RESUME_ALLOWED, Config, ConfigChange, ConfigError, config_changes, config_from_dict, config_to_dict,
+    describe_legacy_values, keep_legacy_values, parse_seeds, save_config,
+)
+from mtrl.evaluate import EvalResult, evaluate, evaluate_episodes, evaluate_population
 from mtrl.jacobian import configure_allocator
 from mtrl.metrics import MetricsLogger, ProgressLine, read_metrics, read_status, truncate_metric_files, write_status
 from mtrl.replay import Batch, MultiTaskReplay
@@ -45,8 +50,8 @@ from mtrl.tracking import open_logger
 from mtrl.video import TrainingVideos
 
 __all__ = [
-    "Member", "RunResult", "aggregator_seed", "checkpoint_policy", "eval_goal_set", "evaluate_run", "member_run_dir", "parse_seeds",
-    "resolve_device", "train", "train_population",
+    "Member", "RunResult", "aggregator_seed", "checkpoint_policy", "eval_goal_set", "evaluate_run", "make_population_runner",
+    "member_eval_goal_sets", "member_run_dir", "parse_seeds", "resolve_device", "train", "train_population",
 ]
 
 
@@ -204,6 +209,43 @@ def eval_goal_set(cfg: Config, goals: str | None = None) -> dict[str, Any]:
     return {"goal_seed": cfg.seed, "heldout_goals": goals == "heldout"}
 
 
+def member_eval_goal_sets(cfg: Config) -> list[list[Any]]:
+    """The evaluation goal sets (per task) of the run ``cfg``: what its evaluation env
+    (``build_envs``) holds, without building one. ``Point-<K>`` tasks have one goal each (None)."""
+    if is_point_benchmark(cfg.env.benchmark):
+        return [[None] for _ in range(PointMassEnv(cfg.env.benchmark, seed=0).num_tasks)]
+    from mtrl.envs.metaworld import heldout_goal_sets, task_goal_sets
+
+    goals = eval_goal_set(cfg)
+    return (heldout_goal_sets if goals["heldout_goals"] else task_goal_sets)(cfg.env.benchmark, goals["goal_seed"])
+
+
+def make_population_runner(members: Sequence[Config]) -> EpisodeRunner:
+    """The episode runner of a population's evaluations: ``members[m]`` is member ``m``'s config
+    (one config, its own ``seed``). One evaluation env, member 0's (in ``env.workers`` processes
+    when > 1, as the trainer builds it), with up to ``env.eval_envs`` instances for all members
+    together; member ``m`` plays on its own run's evaluation goal sets (``eval_goal_set`` of its
+    config), so ``mtrl.evaluate.evaluate_population`` gives each member its single run's
+    evaluation. The members must agree on every ``env`` key but ``eval_goals``. The caller closes
+    the env (``runner.env.close()``)."""
+    members = list(members)
+    if not members:
+        raise ConfigError("a population needs at least one member")
+    shared = [dataclasses.replace(m.env, eval_goals="train") for m in members]
+    for m, env_cfg in enumerate(shared[1:], start=1):
+        if env_cfg != shared[0]:
+            raise ConfigError(f"population member {m}'s env settings differ from member 0's: {env_cfg} against {shared[0]}")
+    first = members[0]
+    env = make_env(first, first.seed + 10_000, evaluation=True, **eval_goal_set(first))
+    try:
+        own = getattr(env, "goal_sets", None)  # member 0's, sampled already (MetaWorld)
+        goal_sets = [own if m == 0 and own is not None else member_eval_goal_sets(cfg) for m, cfg in enumerate(members)]
+        return EpisodeRunner.for_members(env, first.env.eval_envs, goal_sets)
+    except BaseException:
+        env.close()
+        raise
+
+
 def build_envs(cfg: Config) -> tuple[MultiTaskEnv, MultiTaskEnv]:
     """The training environment and a separately seeded evaluation environment on the goal set
     ``env.eval_goals`` names."""
@@ -239,6 +281,17 @@ def _check_eval_goals(cfg: Config, state: dict[str, Any], run_dir: Path, changes
     print(f"{message}; --force: evaluations continue on the {expected}", file=sys.stderr)
     return {"key": "env.eval_goals", "old": cfg.env.eval_goals, "new": cfg.env.eval_goals, "change": "forced",
             "note": f"evaluation goals: {written} -> {expected}"}
+
+
+def _keep_legacy_values(cfg: Config, run_dir: Path, resume: str | None) -> Config:
+    """On resume, the run keeps the ``LEGACY_VALUES`` of keys its config lacks (written before they
+    existed; ``mtrl.config.keep_legacy_values``), said on stderr."""
+    if resume is None or not (run_dir / "config.yaml").exists():
+        return cfg
+    cfg, kept = keep_legacy_values(cfg, effective_config_dict(run_dir))
+    if kept:
+        print(describe_legacy_values(run_dir, kept), file=sys.stderr)
+    return cfg
 
 
 def _refusal(run_dir: Path, refused: list[ConfigChange]) -> str:
@@ -384,6 +437,42 @@ class _Envs:
             env.close()
 
 
+def _training_env(cfgs: Sequence[Config]) -> Any:
+    """The members' training envs as one (``_Envs`` interface): a single run's env; a MetaWorld
+    population's ``PopulationEnv`` (every member's tasks dealt over ``env.workers`` shared worker
+    processes); synthetic tasks' envs side by side."""
+    cfg = cfgs[0]
+    if len(cfgs) == 1 or is_point_benchmark(cfg.env.benchmark):
+        return _Envs([make_env(c, c.seed) for c in cfgs])
+    # env.overlap: this process runs the update while the envs step, so no shard steps here
+    return PopulationEnv(
+        cfg.env.benchmark, [c.seed for c in cfgs], workers=cfg.env.workers, local_shard=cfg.env.local_shard and not cfg.env.overlap,
+        spin_ms=cfg.env.spin_ms, max_episode_steps=cfg.env.max_episode_steps,
+    )
+
+
+def _deterministic_policy(agent: MTSAC) -> Any:
+    """``agent``'s deterministic policy on numpy arrays: observations [N, obs_dim] (and the task of
+    each row, default rows 0..N-1) -> actions [N, A]."""
+
+    def policy(o: np.ndarray, task_ids: np.ndarray | None = None) -> np.ndarray:
+        with torch.no_grad():
+            return agent.act(torch.as_tensor(o, device=agent.device), deterministic=True, task_ids=task_ids).cpu().numpy()
+
+    return policy
+
+
+def _goal_record(cfg: Config, num_tasks: int) -> dict[str, Any]:
+    """What a population member's checkpoint holds for its evaluation env in ``train.eval_mode:
+    parallel``, where no env of its own exists (evaluations are pure functions of the seed, step,
+    task and episode): the goal set it evaluates on, as an env state records it."""
+    goals = eval_goal_set(cfg)
+    return {
+        "goal_seed": torch.full((num_tasks,), int(goals["goal_seed"]), dtype=torch.int64),
+        "heldout_goals": torch.full((num_tasks,), bool(goals["heldout_goals"]), dtype=torch.bool),
+    }
+
+
 @dataclass
 class Member:
     """Everything one run of a training process owns besides the learner's networks and the
@@ -434,7 +523,7 @@ class Member:
             "agent": agent,
             "aggregators": {key: agg.state_dict() for key, agg in self.all_aggregators.items()},
             "env": env,
-            "eval_env": self.eval_env.state_dict(),
+            "eval_env": self.eval_env.state_dict() if self.eval_env is not None else _goal_record(self.cfg, len(self.unstable)),
             "obs": torch.as_tensor(obs),
             "generators": {"agent": self.agent_gen.get_state(), "cpu": self.cpu_gen.get_state()},
             "rng": _rng_state(),
@@ -461,7 +550,8 @@ class Member:
         else:
             print(f"{self.run_dir}: checkpoint holds no replay buffer: resuming with an empty one (not exact)", file=sys.stderr)
             self.resume_notes.append("the checkpoint holds no replay buffer: resumed with an empty one")
-        self.eval_env.load_state_dict(state["eval_env"])
+        if self.cfg.train.eval_mode == "sequential":  # parallel evaluations depend on no env state
+            self.eval_env.load_state_dict(state["eval_env"])
         self.agent_gen.set_state(state["generators"]["agent"])
         self.cpu_gen.set_state(state["generators"]["cpu"])
         _set_rng_state(state["rng"])
@@ -559,7 +649,7 @@ class _PopulationLearner:
     def __init__(self, population: PopulationSAC, obs_dim: int, action_dim: int, num_tasks: int, cfg: Config) -> None:
         self.population, self.members = population, population.members
         self.shape = (obs_dim, action_dim, num_tasks, cfg.agent)
-        self._policy: MTSAC | None = None
+        self._policies: dict[int, MTSAC] = {}
 
     def act(self, obs: np.ndarray, generators: Sequence[torch.Generator]) -> np.ndarray:
         with torch.no_grad():
@@ -594,15 +684,16 @@ class _PopulationLearner:
         population = PopulationSAC.from_states([self.member_state(s) for s in keep], obs_dim, action_dim, num_tasks, agent_cfg, self.population.device)
         population.jacobian_method = self.population.jacobian_method
         learner = _PopulationLearner.__new__(_PopulationLearner)
-        learner.population, learner.members, learner.shape, learner._policy = population, len(keep), self.shape, self._policy
+        learner.population, learner.members, learner.shape, learner._policies = population, len(keep), self.shape, {}
         return learner
 
     def policy(self, s: int) -> MTSAC:
+        """An ``MTSAC`` with member s's current weights (one per member, kept between evaluations)."""
         obs_dim, action_dim, num_tasks, agent_cfg = self.shape
-        if self._policy is None:
-            self._policy = MTSAC(obs_dim, action_dim, num_tasks, agent_cfg, device=self.population.device)
-        self._policy.load_training_state(self.member_state(s))
-        return self._policy
+        if s not in self._policies:
+            self._policies[s] = MTSAC(obs_dim, action_dim, num_tasks, agent_cfg, device=self.population.device)
+        self._policies[s].load_state_dict(self.member_state(s)["model"])
+        return self._policies[s]
 
 
 def train(
@@ -645,8 +736,10 @@ def train_population(
         run_dirs: one directory per member, or one path with a ``{seed}`` placeholder.
         resume: None (fresh), ``"auto"`` or a path as for ``train``, for every member: the
             population continues from the newest step of which every unfinished member has a
-            checkpoint; members already finished, or marked failed, are left out (a failed member
-            is resumed alone with ``mtrl train --resume <its run dir>``).
+            checkpoint; members already finished, and members that failed on their own and left
+            the population (``status.json``: failed, ``left_population``), are left out (such a
+            member is resumed alone with ``mtrl train --resume <its run dir>``). When the whole
+            population stopped (a crash, a signal), every member resumes.
         force: as for ``train``, for every member.
 
     A population of one seed is a single run (``train``)."""
@@ -671,7 +764,7 @@ def _population_resume(cfgs: list[Config], run_dirs: list[Path], resume: str | N
         if resume is not None and status.get("state") == "finished" and status.get("total_steps") == cfg.train.total_steps:
             print(f"{run_dir} is already finished ({status['step']} steps); nothing to do", file=sys.stderr)
             done.append(RunResult(run_dir, int(status["step"]), False, status.get("last_success")))
-        elif resume is not None and status.get("state") == "failed" and len(cfgs) > 1:
+        elif resume is not None and status.get("state") == "failed" and status.get("left_population") and len(cfgs) > 1:
             print(f"{run_dir} failed ({status.get('error', 'see its status.json')}): left out of the population; "
                   f"resume it alone with: mtrl train --resume {run_dir}", file=sys.stderr)
             done.append(RunResult(run_dir, int(status.get("step", 0)), False, status.get("last_success")))
@@ -710,6 +803,7 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
             print(f"{run_dirs[0]} is already finished ({status['step']} steps); nothing to do", file=sys.stderr)
             return [RunResult(run_dirs[0], int(status["step"]), False, status.get("last_success"))]
         finished, common_step = [], None
+    cfgs = [_keep_legacy_values(c, d, resume) for c, d in zip(cfgs, run_dirs)]
     cfg = cfgs[0]  # what all members share (they differ in their seed alone)
     prepared = [_prepare_run_dir(c, d, resume, force, step=common_step) for c, d in zip(cfgs, run_dirs)]
     states = [state for state, _ in prepared]
@@ -721,11 +815,19 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
     S = len(cfgs)
 
     # ---- build everything ------------------------------------------------------------------
+    # evaluation: train.eval_mode parallel plays every member's episodes on one runner's pool (the
+    # evaluation env's instances and more, up to env.eval_envs); sequential, each member's own env
+    runner = None
     if envs is not None:
         env, eval_envs = _Envs([envs[0]]), [envs[1]]
     else:
-        env = _Envs([make_env(c, c.seed) for c in cfgs])
-        eval_envs = [make_env(c, c.seed + 10_000, evaluation=True, **eval_goal_set(c)) for c in cfgs]
+        env = _training_env(cfgs)
+        if tcfg.eval_mode == "sequential" or not population:
+            eval_envs = [make_env(c, c.seed + 10_000, evaluation=True, **eval_goal_set(c)) for c in cfgs]
+        else:  # a population's one evaluation env is its runner's; members keep a record of their goal set
+            eval_envs = [None] * S
+    if tcfg.eval_mode == "parallel":
+        runner = make_population_runner(cfgs) if population else EpisodeRunner(eval_envs[0], cfg.env.eval_envs)
     K = env.num_tasks
     if tcfg.batch_size % K:
         raise ConfigError(f"train.batch_size ({tcfg.batch_size}) must be divisible by the number of tasks ({K})")
@@ -803,14 +905,17 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
         return paths
 
     def run_evaluation(step: int) -> None:
-        for s, m in enumerate(live):
-            agent = learner.policy(s)
-
-            def policy(o: np.ndarray) -> np.ndarray:
-                with torch.no_grad():
-                    return agent.act(torch.as_tensor(o, device=device), deterministic=True).cpu().numpy()
-
-            result = evaluate(policy, m.eval_env, tcfg.eval_episodes)
+        """Evaluate every live member at ``step`` (its deterministic policy: a single run's agent,
+        or an ``MTSAC`` holding the member's weights, as its single run would act)."""
+        agents = [learner.policy(s) for s in range(len(live))]
+        policies = [_deterministic_policy(agent) for agent in agents]
+        if runner is None:
+            results = [evaluate(policy, m.eval_env, tcfg.eval_episodes) for policy, m in zip(policies, live)]
+        elif population:
+            results = evaluate_population(policies, runner, [m.cfg.seed for m in members], step, tcfg.eval_episodes, only=[m.index for m in live])
+        else:
+            results = [evaluate_episodes(policies[0], runner, cfg.seed, step, tcfg.eval_episodes)]
+        for policy, m, result in zip(policies, live, results):
             _log_evaluation(m, step, result)
             m.videos.maybe_record(step, policy, m.logger)
         progress.last_success = _mean_success(live)
@@ -938,7 +1043,10 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
     if envs is None:
         env.close()
         for e in eval_envs:
-            e.close()
+            if e is not None:
+                e.close()
+        if population and runner is not None:
+            runner.env.close()
     for m in members:
         if m.failed is not None:
             finished.append(RunResult(m.run_dir, m.failed_step, False, m.last_success))
@@ -991,7 +1099,7 @@ def _drop_failed(live: list[Member], failed: Sequence[Any], learner: Any, skippe
         m, error = live[s], failed[s]
         m.failed, m.failed_step = f"{type(error).__name__}: {error}", step
         print(f"member seed {m.cfg.seed} ({m.run_dir}) failed at step {step}: {m.failed}; the other members go on", file=sys.stderr)
-        m.close("failed", step, error=m.failed)
+        m.close("failed", step, error=m.failed, left_population=True)
     keep = [s for s in range(len(live)) if s not in drop]
     live[:] = [live[s] for s in keep]
     if not live:
@@ -1007,9 +1115,9 @@ def checkpoint_policy(state: dict[str, Any], obs_dim: int, action_dim: int, num_
     agent = MTSAC(obs_dim, action_dim, num_tasks, cfg.agent, device=torch_device)
     agent.load_training_state(state["agent"])
 
-    def policy(o: np.ndarray) -> np.ndarray:
+    def policy(o: np.ndarray, task_ids: np.ndarray | None = None) -> np.ndarray:
         with torch.no_grad():
-            return agent.act(torch.as_tensor(o, device=torch_device), deterministic=True).cpu().numpy()
+            return agent.act(torch.as_tensor(o, device=torch_device), deterministic=True, task_ids=task_ids).cpu().numpy()
 
     return policy
 
@@ -1018,16 +1126,24 @@ def evaluate_run(run_dir: Path, episodes: int = 10, device: str = "auto", goals:
     """Evaluate the newest valid checkpoint of ``run_dir``; print per-task success and return the result.
 
     ``goals``: "train" or "heldout" (as ``env.eval_goals``); default the run's ``env.eval_goals``
-    ("train" for runs written before that key existed: the training goals)."""
+    ("train" for runs written before that key existed: the training goals). The run's
+    ``train.eval_mode`` applies; in mode ``parallel`` this plays the episodes of the trainer's
+    evaluation at the checkpoint's step (the first ``episodes`` of each task), so with the run's
+    ``train.eval_episodes`` it gives the success rates logged at that step."""
     state, path = ckpt.load_latest(run_dir)
-    cfg = config_from_dict(state["config"])
+    cfg, kept = keep_legacy_values(config_from_dict(state["config"]), state["config"])
+    if kept:
+        print(describe_legacy_values(path, kept), file=sys.stderr)
     goals = cfg.env.eval_goals if goals is None else goals
     env = make_env(cfg, cfg.seed + 20_000, evaluation=True, **eval_goal_set(cfg, goals))
     policy = checkpoint_policy(state, env.obs_dim, env.action_dim, env.num_tasks, device)
-    result = evaluate(policy, env, episodes)
+    if cfg.train.eval_mode == "parallel":  # the episodes of the trainer's evaluation at the checkpoint's step
+        result = evaluate_episodes(policy, EpisodeRunner(env, cfg.env.eval_envs), cfg.seed, state["step"], episodes)
+    else:
+        result = evaluate(policy, env, episodes)
     env.close()
     rates = [float(x) for x in result.success_rate]
-    print(f"{path} (step {state['step']}), {episodes} episode(s) per task, {goals} goals")
+    print(f"{path} (step {state['step']}), {episodes} episode(s) per task, {goals} goals, {cfg.train.eval_mode} evaluation")
     for name, rate in zip(env.task_names, rates):
         print(f"  {name:32s} {rate:.3f}")
     print(f"  {'mean':32s} {float(np.mean(rates)):.3f}")

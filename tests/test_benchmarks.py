@@ -223,3 +223,33 @@ def test_task_costs_print_a_table_in_the_format_of_envs_task_costs(capsys):
     namespace: dict = {}
     exec(capsys.readouterr().out, namespace)
     assert list(namespace["STEP_MS"]) == ["reach-v3"] and namespace["STEP_MS"]["reach-v3"] > 0
+
+
+def test_step_benchmark_writes_the_overlap_and_the_evaluation_comparisons_at_a_tiny_size(tmp_path):
+    """``mtrl bench step --json F``: one file with the overlap comparisons (``mtrl.benchmarks.step.
+    overlap_vs_serial``) and the evaluation one (``eval_parallel_vs_sequential``)."""
+    from mtrl.benchmarks import step
+
+    out = tmp_path / "step.json"
+    argv = ["--benchmarks", "MT1-reach-v3", "--workers", "1", "--update-ms", "1", "--steps", "3", "--repeats", "1",
+            "--hidden", "16", "--real-hidden", "16", "--eval-benchmark", "MT1-reach-v3", "--eval-episodes", "3",
+            "--eval-steps", "5", "--eval-envs", "2", "--eval-layers", "1", "--eval-repeats", "1", "--json", str(out)]
+    assert step.main(argv) in (0, 1)  # 1: a target missed (timings at this size mean nothing)
+    data = json.loads(out.read_text())["comparisons"]
+    assert set(data) == {"mt1-reach-v3_overlap_vs_serial_u1", "mt1-reach-v3_overlap_vs_serial_real", "eval_parallel_vs_sequential"}
+    overlap = data["mt1-reach-v3_overlap_vs_serial_u1"]
+    assert overlap["better"] == "lower" and overlap["ratio"] > 0 and isinstance(overlap["pass"], bool)
+    evaluation = data["eval_parallel_vs_sequential"]
+    assert evaluation["better"] == "lower" and evaluation["target"] == 0.85 and evaluation["ratio"] > 0
+    assert isinstance(evaluation["pass"], bool)
+    assert evaluation["instances"] == 2 and set(evaluation["predicted"]) == {"1", "16"}
+    assert evaluation["predicted"]["1"]["parallel_rounds"] == 2 * 5  # 3 episodes on 2 instances: two in a row
+
+
+def test_step_benchmark_can_skip_either_part(tmp_path):
+    from mtrl.benchmarks import step
+
+    out = tmp_path / "step.json"
+    argv = ["--skip-overlap", "--skip-eval", "--json", str(out)]
+    assert step.main(argv) == 0
+    assert json.loads(out.read_text())["comparisons"] == {}

@@ -272,7 +272,7 @@ def test_replay_add_on_cuda_does_not_wait_for_queued_kernels_and_stores_what_the
 def test_step_benchmark_writes_overlap_against_serial_ratios(tmp_path):
     out = tmp_path / "step.json"
     argv = ["--benchmarks", "MT1-reach-v3", "--workers", "1", "--update-ms", "1", "--steps", "3", "--repeats", "2",
-            "--hidden", "16", "--real-hidden", "16", "--json", str(out)]
+            "--hidden", "16", "--real-hidden", "16", "--skip-eval", "--json", str(out)]
     assert step_bench.main(argv) in (0, 1)  # 1: a target missed
     data = json.loads(out.read_text())["comparisons"]
     row = data["mt1-reach-v3_overlap_vs_serial_u1"]
