@@ -16,6 +16,13 @@ process, logging to ``DIR/train.log``; ``DIR/sweep.json`` records the method lab
 ones from their checkpoints. A failing run is reported with its log and does not stop the others;
 the exit status is 1 if any run failed.
 
+``--population S`` packs each method's unfinished seeds into populations of at most S members,
+each one process (``mtrl train BASE --seeds a,b,... --run-dir .../seed{seed} --resume auto``,
+``agents/population.py``): the same run directories and files, so ``mtrl report`` reads them
+unchanged; a population logs to its first member's ``train.log`` (the others' point there) and
+is one job (one SLURM array task) that requeues as a whole. Members are named ``<name>-seed<N>``
+in W&B (grouped by method) rather than ``<method>-seed<N>``.
+
 ``--executor slurm`` submits the unfinished runs as one SLURM job array through submitit
 (``pip install -e '.[slurm]'``), at most ``--array-parallelism`` at a time. Each array task is a
 ``TrainJob``, submitit's Checkpointable protocol: ``--signal-delay`` seconds before the time limit
@@ -48,7 +55,7 @@ import yaml
 from mtrl.config import ConfigError, apply_overrides, config_from_dict
 from mtrl.metrics import read_status
 
-__all__ = ["RunSpec", "Sweep", "TrainJob", "load_sweep", "main"]
+__all__ = ["RunSpec", "Sweep", "TrainJob", "load_sweep", "main", "plan_jobs"]
 
 _SWEEP_KEYS = ("name", "base", "seeds", "methods", "set", "out")
 
@@ -122,9 +129,20 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     return Sweep(str(data["name"]), base, root, tuple(runs))
 
 
-def _command(sweep: Sweep, run: RunSpec, device: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "mtrl.cli", "train", str(sweep.base), "--run-dir", str(run.run_dir), "--resume", "auto"]
-    for item in run.overrides:
+def _command(sweep: Sweep, job: tuple[RunSpec, ...], device: str | None) -> list[str]:
+    """The ``mtrl train`` command of one job: a single run, or a population of one method's seeds."""
+    run = job[0]
+    if len(job) == 1:
+        cmd = [sys.executable, "-m", "mtrl.cli", "train", str(sweep.base), "--run-dir", str(run.run_dir), "--resume", "auto"]
+        overrides = list(run.overrides)
+    else:
+        template = run.run_dir.parent / "seed{seed}"
+        seeds = ",".join(str(r.seed) for r in job)
+        cmd = [sys.executable, "-m", "mtrl.cli", "train", str(sweep.base), "--seeds", seeds, "--run-dir", str(template),
+               "--resume", "auto"]
+        # the members share every override but their seed and W&B name (W&B names them <name>-seed<N>)
+        overrides = [o for o in run.overrides if not o.startswith(("seed=", "train.wandb.name="))]
+    for item in overrides:
         cmd += ["--set", item]
     if device:
         cmd += ["--device", device]
@@ -134,6 +152,39 @@ def _command(sweep: Sweep, run: RunSpec, device: str | None) -> list[str]:
 def _finished(run: RunSpec) -> bool:
     status = read_status(run.run_dir)
     return bool(status and status.get("state") == "finished")
+
+
+def plan_jobs(sweep: Sweep, population: int = 1) -> list[tuple[RunSpec, ...]]:
+    """The sweep's unfinished runs as jobs: one run each, or (``population`` S > 1) each method's
+    unfinished seeds packed in order into populations of at most S members."""
+    if population < 1:
+        raise ValueError(f"--population must be >= 1, got {population}")
+    pending = [run for run in sweep.runs if not _finished(run)]
+    if population == 1:
+        return [(run,) for run in pending]
+    jobs: list[tuple[RunSpec, ...]] = []
+    for label in dict.fromkeys(run.label for run in pending):
+        runs = [run for run in pending if run.label == label]
+        jobs += [tuple(runs[i:i + population]) for i in range(0, len(runs), population)]
+    return jobs
+
+
+def _prepare(sweep: Sweep, job: tuple[RunSpec, ...]) -> Path:
+    """Create the job's run directories with their ``sweep.json``; returns the job's log file (its
+    first run's ``train.log``; the other members' ``train.log`` say where it is)."""
+    log = job[0].run_dir / "train.log"
+    for run in job:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "sweep.json").write_text(json.dumps({"sweep": sweep.name, "label": run.label, "seed": run.seed}) + "\n")
+        if run is not job[0]:
+            with open(run.run_dir / "train.log", "a") as handle:
+                handle.write(f"[sweep] trained in a population with seeds {', '.join(str(r.seed) for r in job)}; log: {log}\n")
+    return log
+
+
+def _describe(job: tuple[RunSpec, ...]) -> str:
+    seeds = ", ".join(str(run.seed) for run in job)
+    return f"{job[0].label} seed{'s' if len(job) > 1 else ''} {seeds}"
 
 
 class _Progress:
@@ -152,31 +203,29 @@ class _Progress:
                   f"failed {c['failed']}, pending {pending} of {self.total}", flush=True)
 
 
-def run_local(sweep: Sweep, jobs: int, device: str | None = None) -> list[RunSpec]:
-    """Run the unfinished runs on a local process pool; returns the failed ones."""
+def run_local(sweep: Sweep, jobs: int, device: str | None = None, population: int = 1) -> list[RunSpec]:
+    """Run the unfinished runs on a local process pool (``population`` > 1: a method's seeds in
+    populations of at most that many, one process each); returns the failed runs."""
     progress = _Progress(len(sweep.runs))
+    planned = plan_jobs(sweep, population)
+    progress.update(skipped=len(sweep.runs) - sum(len(job) for job in planned))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     failed: list[RunSpec] = []
 
-    def one(run: RunSpec) -> None:
-        if _finished(run):
-            progress.update(skipped=1)
-            return
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / "sweep.json").write_text(json.dumps({"sweep": sweep.name, "label": run.label, "seed": run.seed}) + "\n")
-        progress.update(running=1)
-        with open(run.run_dir / "train.log", "a") as log:
-            code = subprocess.call(_command(sweep, run, device), stdout=log, stderr=subprocess.STDOUT, env=env)
-        if code == 0:
-            progress.update(running=-1, done=1)
-        else:
-            failed.append(run)
-            progress.update(running=-1, failed=1)
-            print(f"[sweep] FAILED {run.label} seed {run.seed} (exit {code}); log: {run.run_dir / 'train.log'}", flush=True)
+    def one(job: tuple[RunSpec, ...]) -> None:
+        log_path = _prepare(sweep, job)
+        progress.update(running=len(job))
+        with open(log_path, "a") as log:
+            code = subprocess.call(_command(sweep, job, device), stdout=log, stderr=subprocess.STDOUT, env=env)
+        lost = [run for run in job if code != 0 and not _finished(run)]
+        failed.extend(lost)
+        progress.update(running=-len(job), done=len(job) - len(lost), failed=len(lost))
+        if lost:
+            print(f"[sweep] FAILED {_describe(tuple(lost))} (exit {code}); log: {log_path}", flush=True)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, sweep.runs))
+        list(pool.map(one, planned))
     return failed
 
 
@@ -192,20 +241,21 @@ class TrainJob:
     stops cleanly when the signal (SIGUSR2) reaches it directly, as it does under SLURM.
     """
 
-    def __init__(self, command: list[str], run_dir: Path, threads: int, stop_timeout_s: float) -> None:
+    def __init__(self, command: list[str], run_dir: Path, threads: int, stop_timeout_s: float, log: Path | None = None) -> None:
         self.command = list(command)
         self.run_dir = Path(run_dir)
         self.threads = int(threads)
         self.stop_timeout_s = float(stop_timeout_s)
+        self.log = Path(log) if log is not None else self.run_dir / "train.log"
         self._process: subprocess.Popen | None = None
 
     def _log(self, message: str) -> None:
-        with open(self.run_dir / "train.log", "a") as log:
+        with open(self.log, "a") as log:
             log.write(f"[sweep] {message}\n")
 
     def __call__(self) -> str:
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
-        with open(self.run_dir / "train.log", "a") as log:
+        with open(self.log, "a") as log:
             self._process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env)
         # Only a watcher thread waits on the child, so checkpoint(), which runs as a signal handler
         # in this thread, never contends for the lock of a Popen.wait() it interrupted.
@@ -219,7 +269,7 @@ class TrainJob:
                 f"checkpoint (preempted or cancelled?); its checkpoint is kept: re-run the sweep to resume it"
             )
         if code != 0:
-            raise RuntimeError(f"mtrl train exited with status {code}; log: {self.run_dir / 'train.log'}")
+            raise RuntimeError(f"mtrl train exited with status {code}; log: {self.log}")
         return str(self.run_dir)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -238,7 +288,7 @@ class TrainJob:
                 process.kill()
             elif process.returncode != 143:  # e.g. -15: signalled before its loop began, nothing saved
                 self._log(f"the trainer exited with status {process.returncode} (143 = stopped with a checkpoint)")
-        return DelayedSubmission(TrainJob(self.command, self.run_dir, self.threads, self.stop_timeout_s))
+        return DelayedSubmission(TrainJob(self.command, self.run_dir, self.threads, self.stop_timeout_s, self.log))
 
 
 def _slurm_parameters(args: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -302,24 +352,26 @@ def run_submitit(sweep: Sweep, args: argparse.Namespace) -> list[RunSpec]:
         executor.update_parameters(timeout_min=args.time, signal_delay_s=args.signal_delay, gpus_per_node=args.gpus)
     # the trainer must stop before the hard kill; keep a few seconds for submitit's requeue
     stop_timeout_s = max(1.0, args.signal_delay - min(15.0, args.signal_delay / 2))
-    pending = [run for run in sweep.runs if not _finished(run)]
+    planned = plan_jobs(sweep, args.population)
     trainers = []
-    for run in pending:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / "sweep.json").write_text(json.dumps({"sweep": sweep.name, "label": run.label, "seed": run.seed}) + "\n")
-        trainers.append(TrainJob(_command(sweep, run, args.device), run.run_dir, args.cpus, stop_timeout_s))
+    for job in planned:
+        log = _prepare(sweep, job)
+        trainers.append(TrainJob(_command(sweep, job, args.device), job[0].run_dir, args.cpus, stop_timeout_s, log=log))
     jobs = executor.submit_array(trainers) if trainers else []
     ids = sorted({str(job.job_id).split("_")[0] for job in jobs})
-    print(f"[sweep] submitted {len(jobs)} run(s) (job {', '.join(ids) or '-'}; logs in {folder}), "
-          f"{len(sweep.runs) - len(pending)} already finished", flush=True)
+    pending = sum(len(job) for job in planned)
+    print(f"[sweep] submitted {pending} run(s) in {len(jobs)} job(s) (job {', '.join(ids) or '-'}; logs in {folder}), "
+          f"{len(sweep.runs) - pending} already finished", flush=True)
     failed = []
-    for run, job in zip(pending, jobs):
+    for runs, job in zip(planned, jobs):
         try:
             job.result()
         except Exception as err:  # a failed job is reported, the others go on
-            failed.append(run)
+            lost = [run for run in runs if not _finished(run)]
+            failed.extend(lost)
             reason = next((line for line in reversed(str(err).splitlines()) if "Error:" in line), type(err).__name__)
-            print(f"[sweep] FAILED {run.label} seed {run.seed}: {reason.strip()}; log: {run.run_dir / 'train.log'}", flush=True)
+            if lost:
+                print(f"[sweep] FAILED {_describe(tuple(lost))}: {reason.strip()}; log: {runs[0].run_dir / 'train.log'}", flush=True)
     return failed
 
 
@@ -331,6 +383,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="local process pool; SLURM job array; submitit's LocalExecutor (requeues on this machine)")
     parser.add_argument("--out", help="root of the run directories (default: runs/<name>)")
     parser.add_argument("--device", help="device for every run (auto, cpu, cuda)")
+    parser.add_argument("--population", type=int, default=1, metavar="S",
+                        help="train each method's seeds in populations of at most S, one process each (default 1: one run per process)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--partition", help="SLURM partition")
     parser.add_argument("--time", type=float, default=24 * 60,
@@ -354,13 +408,18 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs or max(1, (os.cpu_count() or 1) // 2)
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.population < 1:
+        raise ValueError(f"--population must be >= 1, got {args.population}")
     if args.dry_run:
         for run in sweep.runs:
             state = "finished" if _finished(run) else "to run"
             print(f"{run.label:20s} seed {run.seed:3d}  {run.run_dir}  [{state}]")
+        if args.population > 1:
+            for job in plan_jobs(sweep, args.population):
+                print(f"population: {_describe(job)}")
         return 0
     start = time.perf_counter()
-    failed = run_local(sweep, jobs, args.device) if args.executor == "local" else run_submitit(sweep, args)
+    failed = run_local(sweep, jobs, args.device, args.population) if args.executor == "local" else run_submitit(sweep, args)
     print(f"[sweep] {sweep.name}: {len(sweep.runs) - len(failed)} of {len(sweep.runs)} runs finished "
           f"in {time.perf_counter() - start:.0f} s; report with: mtrl report {sweep.out}")
     return 1 if failed else 0

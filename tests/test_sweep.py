@@ -93,6 +93,39 @@ def test_killed_sweep_resumes_and_a_second_call_does_no_work(tmp_path):
     assert again.returncode == 0 and "skipped (finished) 4" in again.stdout
 
 
+def test_population_sweep_writes_the_runs_and_report_of_the_plain_sweep(tmp_path, capsys, monkeypatch):
+    """--population 2 over 2 methods x 2 seeds: two processes (one population per method) whose
+    members are bit-exact with single runs (LS and FAMO, one thread), so eval.csv, the logged
+    losses and the report's statistics are those of the plain sweep."""
+    methods = {"ls": {"aggregator": {"name": "ls"}}, "famo": {"aggregator": {"name": "famo"}}}
+    sets = ("train.total_steps=200", "train.eval_every=100")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "packed").mkdir()
+    plain = write_sweep(tmp_path / "plain", methods, extra_sets=sets)
+    packed = write_sweep(tmp_path / "packed", methods, extra_sets=sets)
+    assert main([str(packed), "--population", "2", "--dry-run"]) == 0
+    assert "population: ls seeds 0, 1" in capsys.readouterr().out
+    # --jobs 2 of 2 cores: one torch thread per process on both sides (members are bit-exact with one thread)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert main([str(plain), "--jobs", "2"]) == 0
+    assert main([str(packed), "--jobs", "2", "--population", "2"]) == 0
+    assert "trained in a population with seeds 0, 1" in (tmp_path / "packed" / "runs" / "ls" / "seed1" / "train.log").read_text()
+    for label in methods:
+        for seed in (0, 1):
+            a, b = tmp_path / "plain" / "runs" / label / f"seed{seed}", tmp_path / "packed" / "runs" / label / f"seed{seed}"
+            assert (a / "eval.csv").read_text() == (b / "eval.csv").read_text()
+            _assert_same_tensors(load_latest(a)[0]["agent"]["model"], load_latest(b)[0]["agent"]["model"])
+    ours = {s.label: s for s in report([tmp_path / "packed" / "runs"], out=tmp_path / "packed" / "report")}
+    theirs = {s.label: s for s in report([tmp_path / "plain" / "runs"], out=tmp_path / "plain" / "report")}
+    assert set(ours) == set(theirs) == set(methods)
+    for label in methods:
+        assert ours[label].n_seeds == theirs[label].n_seeds == 2
+        assert ours[label].final_mean == theirs[label].final_mean
+    capsys.readouterr()
+    again = main([str(packed), "--population", "2"])
+    assert again == 0 and "skipped (finished) 4" in capsys.readouterr().out
+
+
 # ---- SLURM through submitit (skipped without the [slurm] extra) -------------------------------
 def test_slurm_job_array_asks_for_the_time_limit_signal_and_checks_its_settings(tmp_path):
     pytest.importorskip("submitit")
