@@ -98,7 +98,8 @@ def test_population_sweep_writes_the_runs_and_report_of_the_plain_sweep(tmp_path
     members are bit-exact with single runs (LS and FAMO, one thread), so eval.csv, the logged
     losses and the report's statistics are those of the plain sweep."""
     methods = {"ls": {"aggregator": {"name": "ls"}}, "famo": {"aggregator": {"name": "famo"}}}
-    sets = ("train.total_steps=200", "train.eval_every=100")
+    # four tasks: the shapes at which a member's matmuls are the single agent's (agents/population.py)
+    sets = ("train.total_steps=200", "train.eval_every=100", "env.benchmark=Point-4")
     (tmp_path / "plain").mkdir()
     (tmp_path / "packed").mkdir()
     plain = write_sweep(tmp_path / "plain", methods, extra_sets=sets)
