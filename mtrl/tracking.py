@@ -55,6 +55,7 @@ class WandbLogger:
             project=options.project, entity=options.entity, group=options.group,
             name=options.name or f"{cfg.name}-seed{cfg.seed}", mode=options.mode, dir=str(run_dir),
             id=run_id, resume="allow", config=config_to_dict(cfg), settings=wandb.Settings(console="off"),
+            reinit="create_new",  # a population opens one run per member in this process, all active at once
         )
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")

@@ -114,3 +114,32 @@ def test_sweep_groups_wandb_runs_by_method_and_names_them_by_seed():
     cfg = load_config(sweep.base, list(run.overrides))
     assert (cfg.train.wandb.group, cfg.train.wandb.name) == ("nashmtl", "nashmtl-seed1")
     assert apply_overrides({}, ["train.wandb.group=\"123\""])["train"]["wandb"]["group"] == "123"  # labels stay strings
+
+
+def test_population_members_have_their_own_wandb_runs_and_videos(tmp_path):
+    """Two members trained in one process: two W&B runs, each under its own run directory with its
+    own metrics, and each member's evaluation videos."""
+    pytest.importorskip("wandb")
+    from mtrl.train import train_population
+
+    cfg = config_from_dict({
+        "seed": 0, "device": "cpu", "name": "tinypop",
+        "env": {"benchmark": "MT1-reach-v3", "max_episode_steps": 20},
+        "agent": {"hidden_dim": 16, "num_layers": 1},
+        "train": {"total_steps": 80, "warmup_steps": 40, "batch_size": 16, "replay_capacity": 1000, "eval_every": 80,
+                  "eval_episodes": 1, "log_every": 20, "progress": False, "video_every": 80,
+                  "wandb": {"mode": "offline", "project": "mtrl-tests", "group": "ls"}},
+        "checkpoint": {"every": 0},
+    })
+    train_population(cfg, [3, 4], tmp_path / "seed{seed}")
+    ids = []
+    for seed in (3, 4):
+        run_dir = tmp_path / f"seed{seed}"
+        run_id = (run_dir / "wandb_run_id").read_text().strip()
+        ids.append(run_id)
+        (offline,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}")
+        data = (offline / f"run-{run_id}.wandb").read_bytes()
+        for key in (b"critic/loss", b"eval/mean_success", b"video/reach-v3", f"tinypop-seed{seed}".encode()):
+            assert key in data, (seed, key)
+        assert read_frame_count(run_dir / "videos" / "step80" / f"reach-v3.{video_format()}") >= 2
+    assert ids[0] != ids[1]
