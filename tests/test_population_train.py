@@ -269,3 +269,28 @@ def test_metaworld_population_members_equal_their_single_runs(tmp_path):
     train_population(config_from_dict(data), [0, 1], tmp_path / "pop" / "seed{seed}")
     train(config_from_dict({**data, "seed": 1, "env": {**data["env"], "workers": 1}}), tmp_path / "single")
     _assert_same_run(tmp_path / "pop" / "seed1", tmp_path / "single")
+
+
+def test_cli_population_run_directories_are_read_by_evaluate_inspect_and_report(tmp_path):
+    """``mtrl train --seeds 0,1``: each member's directory works with mtrl evaluate, inspect and
+    report as a single run's does; ``mtrl evaluate`` plays the logged evaluation of its last step."""
+    config = tmp_path / "pop.yaml"
+    config.write_text(yaml.safe_dump({**POINT, "aggregator": METHODS["nashmtl"]}))
+    template = str(tmp_path / "runs" / "seed{seed}")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mtrl.cli", *args], env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    trained = cli("train", str(config), "--seeds", "0,1", "--run-dir", template)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert trained.stdout.count("done: ") == 2
+    member = tmp_path / "runs" / "seed1"
+    evaluated = cli("evaluate", str(member), "--episodes", "2", "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    last = (member / "eval.csv").read_text().splitlines()[-1].split(",")
+    assert last[0] == "160" and f"{float(last[1]):.3f}" in evaluated.stdout  # the trainer's evaluation, replayed
+    inspected = cli("inspect", str(member), "--out", str(tmp_path / "inspect"))
+    assert inspected.returncode == 0, inspected.stderr[-3000:]
+    reported = cli("report", str(tmp_path / "runs"), "--out", str(tmp_path / "report"))
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    assert "nashmtl" in reported.stdout
