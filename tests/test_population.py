@@ -126,11 +126,13 @@ BATCHED = [
 
 # ---- member independence -------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "method, options", [("ls", {}), ("cagrad_fast", {}), ("famo", {}), *BATCHED], ids=lambda v: str(v or "")
+    "method, options", [("ls", {}), ("cagrad_fast", {}), ("famo", {}), ("nashmtl", {"solver": "ccp"}), *BATCHED],
+    ids=lambda v: str(v or ""),
 )
 def test_a_member_of_a_population_is_bit_for_bit_the_member_alone(method, options):
     """Also for the batched solvers: a member's iterations, convergence tests and LAPACK solves
-    are its own, whatever other members are solved beside it."""
+    are its own, whatever other members are solved beside it; and for a solver that cannot be
+    batched (Nash-MTL's cvxpy CCP), which the host step calls member by member."""
     cfg = config()
     seeds = [3, 5, 7]
     together = [Run(s, method, **options) for s in seeds]
