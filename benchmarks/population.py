@@ -251,23 +251,33 @@ def _train_command(config: str, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "mtrl.cli", "train", config, *extra]
 
 
-def _steady_steps_per_s(run_dir, after: int) -> float:
-    """Median ``time/steps_per_s`` of the log lines after step ``after`` (the updates under way)."""
+def _steady(run_dir, after: int, key: str = "time/steps_per_s") -> float:
+    """Median of ``key`` over the log lines after step ``after`` (the updates under way)."""
     import json
     from pathlib import Path
 
-    rates = []
+    values = []
     for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
-        if row.get("step", 0) > after and row.get("time/steps_per_s"):
-            rates.append(float(row["time/steps_per_s"]))
-    if not rates:
-        raise RuntimeError(f"{run_dir}/metrics.jsonl has no time/steps_per_s after step {after}: run more steps")
-    return statistics.median(rates)
+        if row.get("step", 0) > after and row.get(key) is not None:
+            values.append(float(row[key]))
+    if not values:
+        raise RuntimeError(f"{run_dir}/metrics.jsonl has no {key} after step {after}: run more steps")
+    return statistics.median(values)
+
+
+def _steady_steps_per_s(run_dir, after: int) -> float:
+    return _steady(run_dir, after)
+
+
+def _split(run_dir, after: int, log_every: int) -> dict:
+    """Seconds per step outside the update (act, env step, replay add) and in it, steady state."""
+    return {"collect_s": _steady(run_dir, after, "time/collect_s") / log_every,
+            "update_s": _steady(run_dir, after, "time/update_s") / log_every}
 
 
 def whole_step(steps: int = 1400, members: int = 8, parallel: int = 2, config: str = "configs/quick.yaml",
-               log_every: int = 200, warmup: int = 400, workdir: str | None = None) -> dict:
+               log_every: int = 200, warmup: int = 400, workdir: str | None = None, env_workers: int = 1) -> dict:
     """Member-steps per second of whole training steps (MetaWorld collection, replay, update): one
     population ``mtrl train CONFIG --seeds 0-(members-1)`` against ``members`` single runs
     ``--seed i``, ``parallel`` at a time, each with ``OMP_NUM_THREADS=1``. Both with ``--set
@@ -276,7 +286,12 @@ def whole_step(steps: int = 1400, members: int = 8, parallel: int = 2, config: s
     ``metrics.jsonl`` after the warm-up's first full log window (collect + update time, start-up
     and evaluation excluded). The population's file (``<dir>/seed0``) counts one step per step of
     all its members: member-steps/s = members x that; the singles' = parallel x the mean of theirs.
-    Wall clocks are reported beside."""
+    Wall clocks are reported beside. ``env_workers``: ``env.workers`` of both sides.
+
+    The bound MetaWorld puts on the ratio: with updates free, the population would do
+    ``members / collect_pop`` member-steps per second against the singles' ``parallel /
+    (collect_single + update_single)``; the measured seconds per step outside and inside the
+    update (``time/collect_s``, ``time/update_s``) give it (``env_bound``)."""
     import os
     import subprocess
     import tempfile
@@ -289,7 +304,8 @@ def whole_step(steps: int = 1400, members: int = 8, parallel: int = 2, config: s
             "needs `mtrl train CONFIG --seeds 0-7`; run `mtrl bench population --whole-step` once it exists"
         )
     common = ["--device", "cpu", "--set", f"train.total_steps={steps}", "--set", f"train.log_every={log_every}",
-              "--set", f"train.warmup_steps={warmup}", "--set", "checkpoint.every=0"]
+              "--set", f"train.warmup_steps={warmup}", "--set", "checkpoint.every=0", "--set", f"env.workers={env_workers}",
+              "--set", "train.progress=false"]
     after = warmup + log_every  # the first log window with updates all through it
     root = Path(workdir or tempfile.mkdtemp(prefix="mtrl-bench-population-"))
     env1 = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -323,6 +339,13 @@ def whole_step(steps: int = 1400, members: int = 8, parallel: int = 2, config: s
     population = members * pop_rate
     singles = parallel * statistics.mean(rates)
     ratio = population / singles
+    pop_split = _split(pop_dir / "seed0", after, log_every)
+    single_splits = [_split(d, after, log_every) for d in single_dirs]
+    single_split = {k: statistics.mean(x[k] for x in single_splits) for k in pop_split}
+    bound = (members / pop_split["collect_s"]) / (parallel / (single_split["collect_s"] + single_split["update_s"]))
+    print(f"per step: population collect {1e3 * pop_split['collect_s']:.1f} ms + update {1e3 * pop_split['update_s']:.1f} ms; "
+          f"single collect {1e3 * single_split['collect_s']:.1f} ms + update {1e3 * single_split['update_s']:.1f} ms; "
+          f"with free updates the ratio could reach {bound:.2f} (MetaWorld's bound on {parallel} cores)")
     print(f"\nwhole steps ({config}, {steps} steps, MetaWorld): population of {members}: {pop_rate:.1f} steps/s "
           f"= {population:.1f} member-steps/s ({pop_wall:.0f} s wall); {members} singles {parallel} at a time: "
           f"{statistics.mean(rates):.1f} steps/s each = {singles:.1f} member-steps/s ({singles_wall:.0f} s wall); "
@@ -330,7 +353,8 @@ def whole_step(steps: int = 1400, members: int = 8, parallel: int = 2, config: s
     return {"ratio": ratio, "member_steps_per_s": {"population": population, "singles": singles},
             "population_steps_per_s": pop_rate, "single_steps_per_s": rates,
             "wall_s": {"population": pop_wall, "singles": singles_wall, "single_waves": waves},
-            "wall_ratio": singles_wall / pop_wall, "steps": steps, "dir": str(root)}
+            "wall_ratio": singles_wall / pop_wall, "steps": steps, "dir": str(root), "env_workers": env_workers,
+            "seconds_per_step": {"population": pop_split, "single": single_split}, "env_bound": bound}
 
 
 def _comparison(ratio, better: str, target, **extra) -> dict:
@@ -344,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="every part at toy sizes (for the tests; names unchanged)")
     parser.add_argument("--whole-step", action="store_true", help="also whole MetaWorld training steps (minutes; needs --seeds)")
     parser.add_argument("--whole-step-steps", type=int, default=1400, help="train.total_steps of each whole-step run")
+    parser.add_argument("--whole-step-workers", type=int, default=1, help="env.workers of both sides of the whole-step runs")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory-per-member part")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50], help="numbers of tasks K (host part)")
     parser.add_argument("--populations", type=int, nargs="+", default=[1, 4, 10], help="population sizes S (host part)")
@@ -402,11 +427,11 @@ def main(argv: list[str] | None = None) -> int:
             payload["memory_per_member_mb"] = memory["mb"]
         # whole steps with MetaWorld
         if args.whole_step:
-            result = whole_step(steps=args.whole_step_steps)
+            result = whole_step(steps=args.whole_step_steps, env_workers=args.whole_step_workers)
             payload["whole_step"] = result
             comparisons["member_steps_population_vs_single_quick"] = _comparison(
                 result["ratio"], "higher", WHOLE_STEP_TARGET, members=8, parallel=2,
-                member_steps_per_s=result["member_steps_per_s"],
+                member_steps_per_s=result["member_steps_per_s"], env_bound=result["env_bound"], env_workers=result["env_workers"],
             )
         else:
             comparisons["member_steps_population_vs_single_quick"] = _comparison(
