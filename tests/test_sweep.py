@@ -127,6 +127,42 @@ def test_population_sweep_writes_the_runs_and_report_of_the_plain_sweep(tmp_path
     assert again == 0 and "skipped (finished) 4" in capsys.readouterr().out
 
 
+def test_population_plan_packs_each_methods_unfinished_seeds(tmp_path):
+    from mtrl.sweep import _command, plan_jobs
+
+    methods = {"ls": {"aggregator": {"name": "ls"}}, "nash": {"aggregator": {"name": "nashmtl"}}}
+    sweep = load_sweep(write_sweep(tmp_path, methods, seeds=(0, 1, 2, 3, 4)))
+    done = sweep.runs[1].run_dir  # ls seed 1 finished
+    done.mkdir(parents=True)
+    (done / "status.json").write_text(json.dumps({"state": "finished", "step": 400, "total_steps": 400}))
+    jobs = plan_jobs(sweep, population=2)
+    assert [(job[0].label, [r.seed for r in job]) for job in jobs] == [
+        ("ls", [0, 2]), ("ls", [3, 4]), ("nash", [0, 1]), ("nash", [2, 3]), ("nash", [4])]
+    cmd = _command(sweep, jobs[0], None)
+    assert cmd[cmd.index("--seeds") + 1] == "0,2" and cmd[cmd.index("--run-dir") + 1].endswith("ls/seed{seed}")
+    assert "--resume" in cmd and not any(item.startswith(("seed=", "train.wandb.name=")) for item in cmd)
+    single = _command(sweep, jobs[-1], None)
+    assert "--seeds" not in single and "seed=4" in single
+    with pytest.raises(ValueError, match="--population must be >= 1"):
+        plan_jobs(sweep, population=0)
+
+
+@pytest.mark.slow
+def test_population_sweep_through_submitit_local_runs_one_job_per_population(tmp_path):
+    """The SLURM path (submitit's LocalExecutor): one requeueable TrainJob per population, its log
+    in the first member's train.log."""
+    pytest.importorskip("submitit")
+    sweep_path = write_sweep(tmp_path, {"ls": {"aggregator": {"name": "ls"}}}, seeds=(0, 1), extra_sets=["train.total_steps=200"])
+    cmd = [sys.executable, "-m", "mtrl.cli", "sweep", str(sweep_path), "--cpus", "1", "--executor", "submitit-local",
+           "--time", "10", "--signal-delay", "60", "--population", "2"]
+    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "submitted 2 run(s) in 1 job(s)" in result.stdout
+    for seed in (0, 1):
+        assert json.loads((tmp_path / "runs" / "ls" / f"seed{seed}" / "status.json").read_text())["state"] == "finished"
+    assert "done: " in (tmp_path / "runs" / "ls" / "seed0" / "train.log").read_text()
+
+
 # ---- SLURM through submitit (skipped without the [slurm] extra) -------------------------------
 def test_slurm_job_array_asks_for_the_time_limit_signal_and_checks_its_settings(tmp_path):
     pytest.importorskip("submitit")
