@@ -56,9 +56,20 @@ at the single agent's 16-byte alignment (``mtrl.jacobian.GEMM_ALIGN``: it holds 
 K x P are multiples of 4, as in MT10/MT50 with even batch sizes; the test shapes are chosen so),
 and every per-member product has at least 400 multiply-adds (ATen's ``bmm`` loops below that).
 
+Gradient diagnostics (``update(..., diagnostics=True)``, the trainer's log steps): each member's
+``<component>/cos``, ``task_grad_norm``, ``served``, ``conflict`` and ``direction_norm`` are what
+``MTSAC.update(..., diagnostics=True)`` computes for it alone (``mtrl.diagnostics``), member
+dimension first ([S, K, K], [S, K], [S]), before the step. A G-path member's come from its M and
+coefficients on the host (no device work); the one-backward members' from their G (this step's G
+pass, or one extra ``member_gradients`` pass for all members) and their stepped direction: M by one
+``bmm``, ``G_s d_s`` and ``d_s . d_s`` by the single agent's ``mv`` and ``dot`` per member (a
+batched product rounds differently), one transfer. Bit for bit the single path's where that is
+(loss weightings, LS, PCGrad), within rounding otherwise (tests/test_population.py). They do not
+change the update's numbers, and a step without them runs exactly the ops it ran before.
+
 Not supported for a population (a clear error, never a silent difference): ``agent.compile``, the
-"vmap" and "loop" Jacobian engines, the bilevel methods' outer steps (AuxiNash, AuxiLearn),
-``aggregator.aggregate_temperature`` and the gradient diagnostics.
+"vmap" and "loop" Jacobian engines, the bilevel methods' outer steps (AuxiNash, AuxiLearn) and
+``aggregator.aggregate_temperature``.
 """
 
 from __future__ import annotations
@@ -78,6 +89,7 @@ from mtrl.agents.networks import Actor, Critic
 from mtrl.aggregators.base import AggContext, Aggregation, Aggregator, LossWeighting
 from mtrl.aggregators.from_gram import population_coefficients
 from mtrl.aggregators.solvers import HOST_TRANSFER
+from mtrl.diagnostics import gram_diagnostics
 from mtrl.jacobian import member_gradients
 from mtrl.replay import Batch
 
@@ -428,7 +440,7 @@ class PopulationSAC(nn.Module):
             target = self._soft_target(batch.next_obs, batch.reward, batch.done, codes, self.log_alpha[:, :K].detach(), noise)
         self._component_step(
             "critic", self.critic, self._critic_loss, (batch.obs, batch.action, target, codes), {}, critic_aggs, step,
-            contexts, metrics, failed,
+            contexts, metrics, failed, diagnostics=diagnostics,
         )
 
         if step % self.cfg.actor_update_every == 0:
@@ -436,7 +448,7 @@ class PopulationSAC(nn.Module):
             constants = {"critic_params": {n: p.detach() for n, p in self.critic.named_parameters()}}
             log_prob_mean = self._component_step(
                 "actor", self.actor, self._actor_loss, (batch.obs, noise, alpha[..., None], codes), constants, actor_aggs,
-                step, contexts, metrics, failed, has_aux=True,
+                step, contexts, metrics, failed, has_aux=True, diagnostics=diagnostics,
             )
             self._temperature_step(log_prob_mean, metrics["skipped_actor"], K, metrics)
 
@@ -453,7 +465,9 @@ class PopulationSAC(nn.Module):
         metrics["failed"] = failed
         return metrics
 
-    def _check_supported(self, critic_aggs, actor_aggs, temperature_aggs, hyper_batches, diagnostics) -> None:
+    def _check_supported(self, critic_aggs, actor_aggs, temperature_aggs, hyper_batches, diagnostics: bool = False) -> None:
+        """Raise for what a population cannot run. ``diagnostics``: accepted, always supported (the
+        trainer's pre-flight check still passes it)."""
         S = self.members
         if len(critic_aggs) != S or len(actor_aggs) != S:
             raise ValueError(f"need one critic and one actor aggregator per member ({S}); got {len(critic_aggs)} and {len(actor_aggs)}")
@@ -461,8 +475,6 @@ class PopulationSAC(nn.Module):
             raise ValueError(f"aggregator.jacobian {self.jacobian_method!r} is not supported for a population; use auto or linear")
         if temperature_aggs is not None and any(a is not None for a in temperature_aggs):
             raise ValueError("aggregator.aggregate_temperature is not supported for a population")
-        if diagnostics:
-            raise ValueError("gradient diagnostics are not supported for a population")
         for agg in (*critic_aggs, *actor_aggs):
             if agg.name in _BILEVEL or getattr(agg, "uses_hyper", False):
                 raise ValueError(f"aggregator {agg.name!r}: the bilevel outer steps are not supported for a population")
@@ -477,13 +489,14 @@ class PopulationSAC(nn.Module):
     def _component_step(
         self, name: str, module: nn.Module, loss_fn, inputs: tuple[Tensor, ...], constants: dict[str, Any],
         aggs: Sequence[Aggregator], step: int, contexts: list[dict[str, Any]], metrics: dict[str, Any],
-        failed: list[Exception | None], has_aux: bool = False,
+        failed: list[Exception | None], has_aux: bool = False, diagnostics: bool = False,
     ) -> Tensor:
         """One component's step for every member (module doc); returns the auxiliary output [S, K].
         ``failed[s]``: member s's aggregator failure of this update (None: none yet). A member that
         failed already (in the critic's step) is left out of this step's aggregator calls and skips;
         a member whose aggregator raises here on finite input gets its exception in ``failed[s]``
-        and skips."""
+        and skips. ``diagnostics``: every member's gradient diagnostics (``_diagnostics``), before
+        the step."""
         S, K = self.members, inputs[0].shape[1]
         adam = self.optimizers[name]
         names = [n.partition(".")[2] for n in adam.names]  # module-relative, buffer order
@@ -503,6 +516,8 @@ class PopulationSAC(nn.Module):
         weights_out = np.full((S, K), np.nan)
         info: dict[str, np.ndarray] = {}
         metrics[f"{name}/jacobian"] = 0.0
+        G = M = C = None
+        aggregations: dict[int, Any] = {}  # G-path member -> its aggregation (None: skipped or failed)
 
         if not all(needs):  # one backward of sum_s sum_k w_sk loss_sk (members that need G: weight 0)
             reads_losses = any(isinstance(agg, LossWeighting) for agg, n in zip(aggs, needs) if not n)
@@ -559,6 +574,7 @@ class PopulationSAC(nn.Module):
                     [AggContext(step=step, task_ids=task_ids, losses=torch.from_numpy(host_losses[s]), **contexts[s]) for s in members],
                     dtype=G.dtype, G=G if len(members) == S else G[members], aggregations=outs, failures=errors,
                 )
+                aggregations = dict(zip(members, outs))
                 for s, agg_out, error in zip(members, outs, errors):
                     if error is not None:
                         failed[s] = error
@@ -586,6 +602,9 @@ class PopulationSAC(nn.Module):
             skip = (~torch.isfinite(losses).all(dim=-1)).to(torch.float32)  # [S], 1.0 = skip
             if host_skip.any():  # members whose G was not finite (seen on the host, in M)
                 skip = torch.maximum(skip, torch.from_numpy(host_skip).to(device=skip.device, dtype=torch.float32))
+        if diagnostics:  # before the step: G and d at the parameters the directions were computed at
+            for key, values in self._diagnostics(adam, needs, failed, G, M, C, aggregations, one_pass, K).items():
+                metrics[f"{name}/{key}"] = values
         adam.step(adam.gradients(needs), skip)
         metrics[f"skipped_{name}"] = skip
         metrics[f"{name}/loss"] = losses.mean(-1)
@@ -594,6 +613,63 @@ class PopulationSAC(nn.Module):
             metrics[f"{name}/{key}"] = values
         metrics[f"{name}/time"] = time.perf_counter() - t0
         return aux
+
+    def _diagnostics(
+        self, adam: MemberAdam, needs: Sequence[bool], failed: Sequence[Exception | None], G: Tensor | None,
+        M: np.ndarray | None, C: np.ndarray | None, aggregations: dict[int, Any], one_pass, K: int,
+    ) -> dict[str, np.ndarray]:
+        """Every member's gradient diagnostics (``mtrl.diagnostics``), as ``MTSAC.update(...,
+        diagnostics=True)`` computes them for the member alone, member dimension first: ``cos``
+        [S, K, K], ``task_grad_norm`` and ``served`` [S, K], ``conflict`` and ``direction_norm`` [S].
+
+        A member on the G path: from its Gram matrix and coefficients on the host (the aggregator's
+        ``gram`` where it reports one, else ``M[s]``; nothing on the device). A member on the
+        one-backward path: from its G and its direction as stepped (clipped), on the device: G
+        from this step's G pass when there was one, else one extra ``member_gradients`` pass for
+        all members; ``M = G G^T`` is one ``bmm`` for all members; ``G_s d_s`` and ``d_s . d_s``
+        are one ``mv`` and one ``dot`` per member (the single agent's BLAS calls: a batched matmul
+        rounds differently), each ``d_s`` at the 64-byte alignment of the single agent's fresh
+        direction; then one transfer. A member that failed or skipped on the host gets NaN (the
+        single agent logs no diagnostics on a step its aggregator rejects)."""
+        S = self.members
+        out = {
+            "cos": np.full((S, K, K), np.nan), "task_grad_norm": np.full((S, K), np.nan), "conflict": np.full(S, np.nan),
+            "served": np.full((S, K), np.nan), "direction_norm": np.full(S, np.nan),
+        }
+
+        def put(s: int, values: dict[str, Any]) -> None:
+            for key, value in values.items():
+                out[key][s] = value
+
+        without = [s for s in range(S) if not needs[s] and failed[s] is None]
+        if without:
+            if G is None:
+                G = one_pass().G  # [S, K, P] at the parameters the one-backward gradient was taken at
+            with torch.no_grad():
+                P = G.shape[2]
+                d = torch.zeros_like(adam.direction)  # [S, P'] rows 64-byte aligned; the shared gradients, G's order
+                column = 0
+                targets, values = [], []
+                for j in range(adam.n_shared):
+                    targets.append(d[:, column : column + adam.sizes[j]].view(S, *adam.shapes[j]))
+                    values.append(adam.stacked(adam.grad, j))
+                    column += adam.sizes[j]
+                torch._foreach_copy_(targets, values)
+                gram = torch.empty(S, -(-K * K // MemberAdam.SLOT) * MemberAdam.SLOT, dtype=G.dtype, device=G.device)
+                torch.bmm(G, G.mT, out=gram[:, : K * K].view(S, K, K))  # as the G path's M: rows 64-byte aligned
+                Gd = torch.stack([torch.mv(G[s], d[s, :P]) for s in without])
+                dd = torch.stack([torch.dot(d[s, :P], d[s, :P]) for s in without])
+                host = self._to_host(torch.cat([gram[without, : K * K], Gd, dd[:, None]], dim=1))  # one transfer
+            for i, s in enumerate(without):
+                put(s, gram_diagnostics(host[i, : K * K].reshape(K, K), host[i, K * K : K * K + K], float(host[i, -1])))
+        for s, agg_out in aggregations.items():
+            if agg_out is None:
+                continue
+            own = getattr(agg_out, "gram", None)
+            Ms = M[s] if own is None else (own.numpy() if isinstance(own, Tensor) else np.asarray(own))
+            c = C[s]
+            put(s, gram_diagnostics(Ms, Ms @ c, float(c @ Ms @ c)))
+        return out
 
     def _clip(self, adam: MemberAdam, max_norms: Sequence[float | None]) -> Tensor | None:
         """Per-member ``clip_grad_norm_`` of the shared gradient (the one-backward path), as torch

@@ -665,7 +665,7 @@ class _PopulationLearner:
         return self.population.update(
             batch, steps.pop(), [m.aggregators["critic"] for m in members], [m.aggregators["actor"] for m in members],
             generators=[m.agent_gen for m in members], perf=[m.perf for m in members], main_task=members[0].main_task,
-            aggregator_generators=[m.cpu_gen for m in members],
+            aggregator_generators=[m.cpu_gen for m in members], diagnostics=diagnostics,
         )
 
     def member_values(self, values: dict[str, Any], s: int) -> dict[str, Any]:
@@ -978,7 +978,7 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
                 update_metrics: dict[str, Any] = {}
                 if step >= tcfg.warmup_steps and len(live[0].replay):  # delayed, step 0's replay is empty
                     t0 = time.perf_counter()
-                    update_metrics = learner.update(live, batch_per_task, diagnostics=not population and (step + 1) % tcfg.log_every == 0)
+                    update_metrics = learner.update(live, batch_per_task, diagnostics=(step + 1) % tcfg.log_every == 0)
                     for key in skipped:
                         skipped[key] += update_metrics.get(f"skipped_{key}", 0.0)
                     for m in live:

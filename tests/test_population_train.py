@@ -58,26 +58,28 @@ def _config(method: str, **train: object):
     return config_from_dict(data)
 
 
-def _logged(run_dir: Path) -> list:
-    """Every metrics.jsonl row without the wall-clock timings (``time/*``, ``<component>/time`` and
-    ``<component>/jacobian``: seconds)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def _logged(run_dir: Path, name: str = "metrics.jsonl") -> list:
+    """Every row of ``name`` (metrics.jsonl, diagnostics.jsonl) without the wall-clock timings
+    (``time/*``, ``<component>/time`` and ``<component>/jacobian``: seconds)."""
+    rows = [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
     timing = ("/time", "/jacobian")
     return [{k: v for k, v in row.items() if not k.startswith("time/") and not k.endswith(timing)} for row in rows]
 
 
-#: logged by a single run on log steps and not by a population member (agents/population.py: the
-#: gradient diagnostics are not computed for populations)
+#: the gradient diagnostics a run logs on log steps (a member's too: agents/population.py)
 DIAGNOSTICS = {f"{c}/{k}" for c in ("critic", "actor") for k in ("conflict", "direction_norm", "served", "task_grad_norm")}
 
 
 def _assert_same_run(run: Path, reference: Path) -> None:
+    """eval.csv, metrics.jsonl and diagnostics.jsonl (timings aside) and the final parameters."""
     assert (run / "eval.csv").read_text() == (reference / "eval.csv").read_text()
-    ours, theirs = _logged(run), _logged(reference)
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs):
-        assert set(a) ^ set(b) <= DIAGNOSTICS, sorted(set(a) ^ set(b))
-        assert {k: v for k, v in a.items() if k not in DIAGNOSTICS} == {k: v for k, v in b.items() if k not in DIAGNOSTICS}
+    for name in ("metrics.jsonl", "diagnostics.jsonl"):
+        ours, theirs = _logged(run, name), _logged(reference, name)
+        assert len(ours) == len(theirs), name
+        assert ours == theirs, name
+    updated = [row for row in _logged(run) if "critic/loss" in row]  # log lines after warm-up
+    assert updated and all(DIAGNOSTICS <= set(row) for row in updated), "a log line with an update has its diagnostics"
+    assert len(_logged(run, "diagnostics.jsonl")) == len(updated)
     a, b = load_latest(run)[0]["agent"], load_latest(reference)[0]["agent"]
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
