@@ -48,10 +48,23 @@ them once a lock-step) and nothing for the further workers of 16 processes; what
 measured wall time holds (waiting for a core the machine's other jobs hold, the Python around
 the steps) is printed as the measured time minus the prediction.
 
+**Training steps lost to an asynchronous evaluation** (``eval_async_steps_lost``, with
+``--eval-async`` only). A quick training loop on ``--async-benchmark`` (MT10: its env in this
+process, an LS update of ``--real-hidden`` x 2 networks on 32 transitions per task, one step =
+act, env step, add, update) runs beside an ``mtrl.evaluator.EvaluationProcess`` (``train.eval_async``,
+the same torch thread count, its own env). Each round submits an evaluation of the current actor
+(``--async-episodes`` episodes per task of ``--async-steps`` steps) and trains until its result is
+back, then trains as many steps with nothing pending. Steps lost = 1 - (steps/s while the
+evaluation runs) / (steps/s without), the median over ``--async-repeats`` rounds; beside it the
+seconds an in-process evaluation of the same actor blocks the loop (what ``eval_async: false``
+costs per evaluation). Target <= 0.10 on a machine with a core free for the evaluation process;
+on a 2-core machine the trainer and the evaluation process compete for the cores.
+
     mtrl bench step [--benchmarks MT10 MT50] [--update-ms 1 3 10] [--workers 2] [--steps 20]
                     [--repeats 15] [--skip-overlap] [--skip-eval] [--eval-benchmark MT10]
                     [--eval-episodes 10] [--eval-steps 500] [--eval-envs 100] [--eval-layers 3]
-                    [--eval-repeats 3] [--json FILE]
+                    [--eval-repeats 3] [--eval-async] [--async-benchmark MT10] [--async-steps 150]
+                    [--async-episodes 3] [--async-repeats 3] [--json FILE]
 """
 
 from __future__ import annotations
@@ -79,6 +92,7 @@ from mtrl.replay import MultiTaskReplay
 
 OVERLAP_TARGETS = {("MT10", 3.0): 0.7}  # issue 23, on a 2-core machine; every other ratio: <= 1.0
 EVAL_TARGET = 0.85  # parallel / sequential on the 2-core machine, env workers 2
+ASYNC_TARGET = 0.10  # steps lost during an asynchronous evaluation, on a machine with a free core
 
 
 class EmulatedUpdate:
@@ -438,6 +452,75 @@ def _eval_parallel_vs_sequential(
     }
 
 
+def eval_async_steps_lost(
+    benchmark: str = "MT10", hidden: int = 64, episodes: int = 3, steps: int = 150, eval_envs: int = 100, repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Steps lost to an asynchronous evaluation (module docstring) as ``{"ratio", "better", "target", "pass", ...}``."""
+    from mtrl.config import config_from_dict
+    from mtrl.evaluator import EvaluationProcess, actor_state
+
+    cfg = config_from_dict({
+        "name": "bench-async", "seed": seed, "device": "cpu",
+        "env": {"benchmark": benchmark, "max_episode_steps": steps, "eval_envs": eval_envs},
+        "agent": {"hidden_dim": hidden, "num_layers": 2},
+        "train": {"eval_episodes": episodes, "eval_async": True, "batch_size": 32 * 10, "progress": False},
+    })
+    env = MultiTaskEnv(benchmark, seed=seed, max_episode_steps=steps)
+    agent = _agent(env.num_tasks, env.obs_dim, env.action_dim, hidden, 2)
+    replay = MultiTaskReplay(env.num_tasks, 1000, env.obs_dim, env.action_dim, torch.device("cpu"), seed=seed)
+    loop, update = _Loop(env, agent, replay), RealUpdate(agent, replay, 32)
+    for _ in range(64):  # a replay to sample from
+        action = loop.act()
+        loop.store(action, env.step(action))
+    process = EvaluationProcess([cfg], "cpu")
+    try:
+        t0 = time.perf_counter()
+        process.submit(0, [actor_state(agent)])
+        process.wait()  # started, its instances built (as after a run's first evaluation)
+        start_s = time.perf_counter() - t0
+        eval_env = MultiTaskEnv(benchmark, seed=seed + 10_000, max_episode_steps=steps, terminate_on_success=True)
+        runner = EpisodeRunner(eval_env, eval_envs)
+        runner.prepare(plan_episodes(seed, 0, runner.num_goals, episodes))
+        rates: dict[str, list[float]] = {"during": [], "without": []}
+        eval_s, in_process_s = [], []
+        for r in range(1, repeats + 1):
+            process.submit(r, [actor_state(agent)])
+            t0, n = time.perf_counter(), 0
+            while not process.poll():
+                loop.serial(update, 1)
+                n += 1
+            during = time.perf_counter() - t0
+            eval_s.append(during)
+            rates["during"].append(n / during)
+            t0 = time.perf_counter()
+            loop.serial(update, n)
+            rates["without"].append(n / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            evaluate_episodes(_policy(agent), runner, seed, r, episodes)
+            in_process_s.append(time.perf_counter() - t0)
+        eval_env.close()
+    finally:
+        process.close()
+        env.close()
+    lost = [1.0 - d / w for d, w in zip(rates["during"], rates["without"])]
+    ratio = float(np.median(lost))
+    print(f"asynchronous evaluation on {benchmark}: {episodes} episodes per task of {steps} steps, {hidden} x 2 agent, "
+          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores; evaluation process started in {start_s:.1f} s")
+    print_table(["round", "evaluation s", "steps/s during", "steps/s without", "lost", "in-process evaluation s"], [
+        [r + 1, eval_s[r], rates["during"][r], rates["without"][r], lost[r], in_process_s[r]] for r in range(repeats)
+    ])
+    print(f"  {'PASS' if ratio <= ASYNC_TARGET else 'FAIL'}  training steps lost during an asynchronous evaluation = {ratio:.3f} "
+          f"(target <= {ASYNC_TARGET} with a free core); an in-process evaluation stops training for "
+          f"{float(np.median(in_process_s)):.2f} s ({float(np.median(in_process_s) * np.median(rates['without'])):.0f} steps)")
+    return {
+        "ratio": ratio, "better": "lower", "target": ASYNC_TARGET, "pass": ratio <= ASYNC_TARGET, "lost": lost,
+        "steps_per_s": rates, "evaluation_s": eval_s, "in_process_evaluation_s": in_process_s, "start_s": start_s,
+        "settings": {"benchmark": benchmark, "episodes": episodes, "steps": steps, "eval_envs": eval_envs, "hidden": hidden,
+                     "layers": 2, "threads": torch.get_num_threads(), "cores": os.cpu_count()},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtrl bench step", description=__doc__.split("\n\n")[0])
     parser.add_argument("--benchmarks", nargs="+", default=["MT10", "MT50"], help="benchmarks of the overlap comparisons")
@@ -456,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-envs", type=int, default=100, help="env.eval_envs of the parallel mode")
     parser.add_argument("--eval-layers", type=int, default=3, help="layers of the evaluated agent (width --hidden)")
     parser.add_argument("--eval-repeats", type=int, default=3, help="pairs of evaluations")
+    parser.add_argument("--eval-async", action="store_true", help="also measure the training steps lost during an asynchronous evaluation")
+    parser.add_argument("--async-benchmark", default="MT10", help="benchmark of the asynchronous evaluation measurement")
+    parser.add_argument("--async-steps", type=int, default=150, help="its evaluation episodes' length")
+    parser.add_argument("--async-episodes", type=int, default=3, help="its evaluation episodes per task")
+    parser.add_argument("--async-repeats", type=int, default=3, help="its rounds (one evaluation each)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -473,6 +561,12 @@ def main(argv: list[str] | None = None) -> int:
             args.eval_layers, args.eval_repeats,
         )
         comparisons["eval_parallel_vs_sequential"] = comparison
+        all_pass &= bool(comparison["pass"])
+    if args.eval_async:
+        comparison = eval_async_steps_lost(
+            args.async_benchmark, args.real_hidden, args.async_episodes, args.async_steps, args.eval_envs, args.async_repeats,
+        )
+        comparisons["eval_async_steps_lost"] = comparison
         all_pass &= bool(comparison["pass"])
     write_json(args.json, {"benchmark": "step", "comparisons": comparisons})
     return 0 if all_pass else 1

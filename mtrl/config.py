@@ -223,6 +223,13 @@ class TrainConfig:
             "sequential" (each task plays its episodes one after another on the evaluation env,
             whose RNG carries over from one evaluation to the next: the evaluation of runs
             written before this key existed, which keep it when resumed).
+        eval_async: play the evaluations in a separate evaluation process while training goes on
+            (``mtrl.evaluator``; needs ``eval_mode: parallel``): the trainer hands it the actor
+            weights of the evaluation's step and logs its rates at that step when they arrive,
+            the same rates as an in-process evaluation. Methods that read evaluation results
+            (PIVRG, the PI-variants) evaluate in process, as without it. A checkpoint holds the
+            evaluations still pending, and a resume plays them again; a dying evaluation process
+            stops training with a checkpoint and an error naming it and its cause.
         log_every: write a metrics.jsonl line every N steps.
         tensorboard: also write TensorBoard events (needs the ``tensorboard`` extra).
         progress: show a progress bar on stderr.
@@ -240,6 +247,7 @@ class TrainConfig:
     eval_every: int = 10_000
     eval_episodes: int = 10
     eval_mode: str = "parallel"
+    eval_async: bool = False
     log_every: int = 1000
     tensorboard: bool = False
     progress: bool = True
@@ -351,6 +359,12 @@ def _check_values(cfg: Config) -> None:
     if cfg.agent.log_std_min >= cfg.agent.log_std_max:
         raise ConfigError(
             f"agent.log_std_min ({cfg.agent.log_std_min}) must be below agent.log_std_max ({cfg.agent.log_std_max})"
+        )
+    if cfg.train.eval_async and cfg.train.eval_mode != "parallel":
+        raise ConfigError(
+            f"train.eval_async: true needs train.eval_mode: parallel (a sequential evaluation depends on the evaluation "
+            f"env's RNG carried from one evaluation to the next, which an evaluation process cannot share); got "
+            f"train.eval_mode: {cfg.train.eval_mode}"
         )
     if cfg.train.video_every % cfg.train.eval_every:
         raise ConfigError(
@@ -533,7 +547,7 @@ def replace(cfg: Config, **changes: Any) -> Config:
 # Flat keys and a run's identity: which keys may change when a run is resumed.
 # ---------------------------------------------------------------------------------------------
 #: Keys that may change on ``--resume``: none of them changes the numbers a run produces (logging,
-#: the progress bar, env worker processes, checkpoint cadence, W&B, videos, the run's label), except
+#: the progress bar, env worker processes, where evaluations run, checkpoint cadence, W&B, videos, the run's label), except
 #: ``train.total_steps``, which only says where the run stops. ``device`` may change too (runs move
 #: between machines), but results then differ in their last bits: the trainer warns and records it.
 #: A section name (``train.wandb``) covers every key below it. Every other key, including every key
@@ -547,6 +561,7 @@ RESUME_ALLOWED = (
     "train.tensorboard",
     "train.progress",
     "train.video_every",
+    "train.eval_async",
     "train.wandb",
     "env.workers",
     "env.local_shard",

@@ -42,6 +42,7 @@ from mtrl.config import (
     describe_legacy_values, keep_legacy_values, parse_seeds, save_config,
 )
 from mtrl.evaluate import EvalResult, evaluate, evaluate_episodes, evaluate_population
+from mtrl.evaluator import EvaluationProcess, EvaluatorError, actor_state
 from mtrl.jacobian import configure_allocator
 from mtrl.metrics import MetricsLogger, ProgressLine, read_metrics, read_status, truncate_metric_files, write_status
 from mtrl.replay import Batch, MultiTaskReplay
@@ -826,8 +827,6 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
             eval_envs = [make_env(c, c.seed + 10_000, evaluation=True, **eval_goal_set(c)) for c in cfgs]
         else:  # a population's one evaluation env is its runner's; members keep a record of their goal set
             eval_envs = [None] * S
-    if tcfg.eval_mode == "parallel":
-        runner = make_population_runner(cfgs) if population else EpisodeRunner(eval_envs[0], cfg.env.eval_envs)
     K = env.num_tasks
     if tcfg.batch_size % K:
         raise ConfigError(f"train.batch_size ({tcfg.batch_size}) must be divisible by the number of tasks ({K})")
@@ -835,6 +834,14 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
         _build_member(i, c, d, ch, K, env.obs_dim, env.action_dim, env.task_names, device, e)
         for i, (c, d, (_, ch), e) in enumerate(zip(cfgs, run_dirs, prepared, eval_envs))
     ]
+    # train.eval_async: an evaluation process plays the evaluations (started below), unless the
+    # method reads evaluation results at the step they are taken (PIVRG, PI-variants): in process
+    in_process = _reads_evaluations(members)
+    use_async = tcfg.eval_async and not in_process
+    if tcfg.eval_async and in_process:
+        print(f"train.eval_async: {cfg.aggregator.name} reads each evaluation's rates at its step: evaluating in process", file=sys.stderr)
+    if tcfg.eval_mode == "parallel" and not use_async:
+        runner = make_population_runner(cfgs) if population else EpisodeRunner(eval_envs[0], cfg.env.eval_envs)
     agents = []
     for c in cfgs:
         with torch.random.fork_rng(devices=[]):
@@ -861,8 +868,11 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
     start_step = 0
     skipped = {"critic": torch.zeros(S, device=device), "actor": torch.zeros(S, device=device)}  # running totals per member
     obs = env.reset()  # [S, K, obs_dim]
+    restored_pending: dict[int, dict[int, dict[str, torch.Tensor]]] = {}  # step -> member -> actor weights
     if resumed:
         for s, (m, state) in enumerate(zip(members, states)):
+            for record in state.get("pending_evaluations", []):
+                restored_pending.setdefault(int(record["step"]), {})[m.index] = record["actor"]
             m.restore(state)
             learner.load_member_state(s, state["agent"])
             env.load_member_state_dict(s, state["env"])
@@ -892,23 +902,44 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
     progress.last_success = _mean_success(members)
 
     def save(step: int) -> list[Path]:
-        """Every live member's checkpoint of ``step``; old ones are pruned only once all are written."""
+        """Every live member's checkpoint of ``step``; old ones are pruned only once all are written.
+        With an evaluation process, each holds the member's evaluations still pending (their step
+        and the actor weights sent), which a resume submits again."""
         keep = cfg.checkpoint.keep
         paths = []
         for s, m in enumerate(live):
             totals = {key: int(total[s]) for key, total in skipped.items()}
             data = m.snapshot(step, learner.member_state(s), env.member_state_dict(m.index), obs[m.index], totals)
+            if evaluator is not None:
+                data["pending_evaluations"] = [
+                    {"step": p.step, "actor": p.actors[p.members.index(m.index)]} for p in evaluator.pending() if m.index in p.members
+                ]
             paths.append(ckpt.save_checkpoint(m.run_dir, step, data, keep=None if population else keep, writer=checkpoint_writer))
         if population:
             for m in live:
                 ckpt.prune_checkpoints(m.run_dir, keep)
         return paths
 
+    def log_finished(done: list[tuple[int, dict[int, EvalResult]]]) -> None:
+        """Log evaluations the evaluation process finished, each at its own step."""
+        for at, results in done:
+            for index, result in results.items():
+                m = members[index]
+                if m.failed is None:  # a member that left the population logs nothing more
+                    _log_evaluation(m, at, result)
+            progress.last_success = _mean_success(live)
+
     def run_evaluation(step: int) -> None:
         """Evaluate every live member at ``step`` (its deterministic policy: a single run's agent,
-        or an ``MTSAC`` holding the member's weights, as its single run would act)."""
+        or an ``MTSAC`` holding the member's weights, as its single run would act). With an
+        evaluation process, hand it the actors' weights and go on (videos are rendered here)."""
         agents = [learner.policy(s) for s in range(len(live))]
         policies = [_deterministic_policy(agent) for agent in agents]
+        if evaluator is not None:
+            for policy, m in zip(policies, live):
+                m.videos.maybe_record(step, policy, m.logger)
+            evaluator.submit(step, [actor_state(agent) for agent in agents], [m.index for m in live])
+            return
         if runner is None:
             results = [evaluate(policy, m.eval_env, tcfg.eval_episodes) for policy, m in zip(policies, live)]
         elif population:
@@ -958,8 +989,18 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
         full[[m.index for m in live]] = chosen
         return full
 
+    evaluator = None
     with _signals(stop):
         try:
+            if use_async:  # built here: a failure to start is the loop's failure (status.json says so)
+                evaluator = EvaluationProcess(cfgs, device, threads=torch.get_num_threads())
+            for at in sorted(restored_pending):  # evaluations pending at the checkpoint: played again
+                actors = restored_pending[at]
+                indices = [m.index for m in live if m.index in actors]
+                if evaluator is not None:
+                    evaluator.submit(at, [actors[i] for i in indices], indices)
+                else:
+                    log_finished([(at, _evaluate_actors(members, actors, indices, runner, at, env.obs_dim, env.action_dim, device))])
             while step < tcfg.total_steps:
                 # collect one transition per task and member
                 t0 = time.perf_counter()
@@ -1025,16 +1066,34 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
                     timings = {"collect": 0.0, "update": 0.0, "wait": 0.0, "env": 0.0}
                 if step % tcfg.eval_every == 0 or step == tcfg.total_steps:
                     run_evaluation(step)
+                if evaluator is not None:
+                    log_finished(evaluator.poll())
                 if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < tcfg.total_steps:
                     save(step)
                 progress.update(step)
                 if stop.signal is not None:
                     break
+            if evaluator is not None:  # a signal leaves what is pending in the checkpoint
+                log_finished(evaluator.wait() if stop.signal is None or step >= tcfg.total_steps else evaluator.poll())
         except BaseException as err:
             progress.close()
+            if isinstance(err, EvaluatorError) and evaluator is not None and live:  # training's state is intact: keep it, pending evaluations too
+                evaluator.close()
+                paths = save(step)
+                again = f"mtrl train --resume {run_dirs[0]}" if not population else "the same mtrl train command with --resume auto"
+                err = EvaluatorError(
+                    f"{err}. Training stopped after step {step}, checkpoint written to {', '.join(map(str, paths))}; "
+                    f"continue with: {again}"
+                )
+                for m in live:
+                    m.close("failed", step, error=f"{type(err).__name__}: {err}")
+                raise err from None
             for m in live:
                 m.close("failed", step, error=f"{type(err).__name__}: {err}")
             raise
+        finally:
+            if evaluator is not None:
+                evaluator.close()
 
     interrupted = stop.signal is not None and step < tcfg.total_steps
     paths = save(step) if live else []
@@ -1071,6 +1130,35 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
 def _mean_success(members: Sequence[Member]) -> float | None:
     rates = [m.last_success for m in members if m.last_success is not None]
     return float(np.mean(rates)) if rates else None
+
+
+def _reads_evaluations(members: Sequence[Member]) -> bool:
+    """Whether a member's method reads evaluation results (PIVRG, the PI-variants: their omega
+    comes from the latest evaluation's rates, ``_log_evaluation``). ``train.eval_async`` evaluates
+    such runs in process: an update after an evaluation step must see that evaluation's rates."""
+    return any(agg.name == "pivrg" or getattr(agg, "pi", False) for m in members for agg in m.all_aggregators.values())
+
+
+def _evaluate_actors(
+    members: Sequence[Member], actors: dict[int, dict[str, torch.Tensor]], indices: Sequence[int], runner: EpisodeRunner,
+    step: int, obs_dim: int, action_dim: int, device: torch.device,
+) -> dict[int, EvalResult]:
+    """The evaluation of ``step`` of members ``indices`` acting with the actor weights ``actors``
+    (what an evaluation process was sent; a checkpoint's pending evaluations resumed without
+    ``train.eval_async``), in this process: the rates the evaluation process would give."""
+    policies = []
+    for i in indices:
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the run's RNG streams are not touched
+            agent = MTSAC(obs_dim, action_dim, runner.num_tasks, members[i].cfg.agent, device=device)
+        agent.actor.load_state_dict(actors[i])
+        policies.append(_deterministic_policy(agent))
+    episodes = members[0].cfg.train.eval_episodes
+    if len(members) > 1:
+        results = evaluate_population(policies, runner, [m.cfg.seed for m in members], step, episodes, only=list(indices))
+    else:
+        results = [evaluate_episodes(policies[0], runner, members[0].cfg.seed, step, episodes)]
+    return dict(zip(indices, results))
 
 
 def _log_evaluation(m: Member, step: int, result: EvalResult) -> None:

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from mtrl.benchmarks import aggregators, collect, jacobian, population, update
+from mtrl.benchmarks import aggregators, collect, jacobian, population, step, update
 from mtrl.envs.metaworld import benchmark_task_names
 
 
@@ -253,3 +253,15 @@ def test_step_benchmark_can_skip_either_part(tmp_path):
     argv = ["--skip-overlap", "--skip-eval", "--json", str(out)]
     assert step.main(argv) == 0
     assert json.loads(out.read_text())["comparisons"] == {}
+
+
+def test_step_benchmark_measures_the_steps_lost_to_an_asynchronous_evaluation(tmp_path):
+    out = tmp_path / "async.json"
+    argv = ["--skip-overlap", "--skip-eval", "--eval-async", "--async-benchmark", "MT1-reach-v3", "--async-steps", "20",
+            "--async-episodes", "1", "--async-repeats", "1", "--json", str(out)]
+    code = step.main(argv)
+    comparison = json.loads(out.read_text())["comparisons"]["eval_async_steps_lost"]
+    assert code == (0 if comparison["pass"] else 1) and comparison["target"] == 0.1 and comparison["better"] == "lower"
+    rates = comparison["steps_per_s"]
+    assert comparison["ratio"] == pytest.approx(1 - rates["during"][0] / rates["without"][0])
+    assert len(comparison["in_process_evaluation_s"]) == 1
