@@ -277,7 +277,8 @@ def _split(run_dir, after: int, log_every: int) -> dict:
 
 
 def whole_step(steps: int = 1400, members: int = 8, parallel: int = 2, config: str = "configs/quick.yaml",
-               log_every: int = 200, warmup: int = 400, workdir: str | None = None, env_workers: int = 1) -> dict:
+               log_every: int = 200, warmup: int = 400, workdir: str | None = None, env_workers: int = 1,
+               overlap: bool = False, spin_ms: float | None = None, population_threads: int | None = None) -> dict:
     """Member-steps per second of whole training steps (MetaWorld collection, replay, update): one
     population ``mtrl train CONFIG --seeds 0-(members-1)`` against ``members`` single runs
     ``--seed i``, ``parallel`` at a time, each with ``OMP_NUM_THREADS=1``. Both with ``--set
@@ -286,12 +287,19 @@ def whole_step(steps: int = 1400, members: int = 8, parallel: int = 2, config: s
     ``metrics.jsonl`` after the warm-up's first full log window (collect + update time, start-up
     and evaluation excluded). The population's file (``<dir>/seed0``) counts one step per step of
     all its members: member-steps/s = members x that; the singles' = parallel x the mean of theirs.
-    Wall clocks are reported beside. ``env_workers``: ``env.workers`` of both sides.
+    Wall clocks are reported beside. ``env_workers``: ``env.workers`` of both sides; ``overlap``:
+    both sides with ``env.overlap`` (and ``train.replay_delay: 1``), the envs stepping in worker
+    processes while the update runs; ``spin_ms``: ``env.spin_ms`` of both sides (default the
+    config's); ``population_threads``: the population's torch threads (default torch's own).
 
     The bound MetaWorld puts on the ratio: with updates free, the population would do
     ``members / collect_pop`` member-steps per second against the singles' ``parallel /
     (collect_single + update_single)``; the measured seconds per step outside and inside the
-    update (``time/collect_s``, ``time/update_s``) give it (``env_bound``)."""
+    update (``time/collect_s``, ``time/update_s``) give it (``env_bound``). With both sides using
+    every core fully, the ratio is at most the singles' CPU seconds per member-step over the
+    population's, ``members (collect_single + update_single) / (collect_pop + update_pop)``
+    (``cpu_bound``, from the serial split): MetaWorld costs the same per member-step on both sides,
+    so only the update's share can shrink."""
     import os
     import subprocess
     import tempfile
@@ -306,14 +314,19 @@ def whole_step(steps: int = 1400, members: int = 8, parallel: int = 2, config: s
     common = ["--device", "cpu", "--set", f"train.total_steps={steps}", "--set", f"train.log_every={log_every}",
               "--set", f"train.warmup_steps={warmup}", "--set", "checkpoint.every=0", "--set", f"env.workers={env_workers}",
               "--set", "train.progress=false"]
+    if overlap:
+        common += ["--set", "env.overlap=true", "--set", "train.replay_delay=1"]
+    if spin_ms is not None:
+        common += ["--set", f"env.spin_ms={spin_ms}"]
     after = warmup + log_every  # the first log window with updates all through it
     root = Path(workdir or tempfile.mkdtemp(prefix="mtrl-bench-population-"))
     env1 = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     # the population: one process, all members
     pop_dir = root / "population"
     t0 = time.perf_counter()
+    threads = {} if population_threads is None else {"OMP_NUM_THREADS": str(population_threads), "MKL_NUM_THREADS": str(population_threads)}
     done = subprocess.run(_train_command(config, ["--seeds", f"0-{members - 1}", "--run-dir", str(pop_dir / "seed{seed}"), *common]),
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, env={**os.environ, **threads})
     pop_wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"population run failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -343,9 +356,10 @@ def whole_step(steps: int = 1400, members: int = 8, parallel: int = 2, config: s
     single_splits = [_split(d, after, log_every) for d in single_dirs]
     single_split = {k: statistics.mean(x[k] for x in single_splits) for k in pop_split}
     bound = (members / pop_split["collect_s"]) / (parallel / (single_split["collect_s"] + single_split["update_s"]))
+    cpu_bound = members * (single_split["collect_s"] + single_split["update_s"]) / (pop_split["collect_s"] + pop_split["update_s"])
     print(f"per step: population collect {1e3 * pop_split['collect_s']:.1f} ms + update {1e3 * pop_split['update_s']:.1f} ms; "
           f"single collect {1e3 * single_split['collect_s']:.1f} ms + update {1e3 * single_split['update_s']:.1f} ms; "
-          f"with free updates the ratio could reach {bound:.2f} (MetaWorld's bound on {parallel} cores)")
+          f"with free updates the ratio could reach {bound:.2f}; with every core busy on both sides at most {cpu_bound:.2f}")
     print(f"\nwhole steps ({config}, {steps} steps, MetaWorld): population of {members}: {pop_rate:.1f} steps/s "
           f"= {population:.1f} member-steps/s ({pop_wall:.0f} s wall); {members} singles {parallel} at a time: "
           f"{statistics.mean(rates):.1f} steps/s each = {singles:.1f} member-steps/s ({singles_wall:.0f} s wall); "
@@ -354,7 +368,8 @@ def whole_step(steps: int = 1400, members: int = 8, parallel: int = 2, config: s
             "population_steps_per_s": pop_rate, "single_steps_per_s": rates,
             "wall_s": {"population": pop_wall, "singles": singles_wall, "single_waves": waves},
             "wall_ratio": singles_wall / pop_wall, "steps": steps, "dir": str(root), "env_workers": env_workers,
-            "seconds_per_step": {"population": pop_split, "single": single_split}, "env_bound": bound}
+            "seconds_per_step": {"population": pop_split, "single": single_split}, "env_bound": bound, "cpu_bound": cpu_bound,
+            "overlap": overlap, "spin_ms": spin_ms, "population_threads": population_threads}
 
 
 def _comparison(ratio, better: str, target, **extra) -> dict:
@@ -369,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whole-step", action="store_true", help="also whole MetaWorld training steps (minutes; needs --seeds)")
     parser.add_argument("--whole-step-steps", type=int, default=1400, help="train.total_steps of each whole-step run")
     parser.add_argument("--whole-step-workers", type=int, default=1, help="env.workers of both sides of the whole-step runs")
+    parser.add_argument("--whole-step-overlap", action="store_true", help="both sides with env.overlap (train.replay_delay 1)")
+    parser.add_argument("--whole-step-spin-ms", type=float, help="env.spin_ms of both sides (default the config's)")
+    parser.add_argument("--whole-step-threads", type=int, help="torch threads of the population (default torch's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory-per-member part")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50], help="numbers of tasks K (host part)")
     parser.add_argument("--populations", type=int, nargs="+", default=[1, 4, 10], help="population sizes S (host part)")
@@ -427,11 +445,13 @@ def main(argv: list[str] | None = None) -> int:
             payload["memory_per_member_mb"] = memory["mb"]
         # whole steps with MetaWorld
         if args.whole_step:
-            result = whole_step(steps=args.whole_step_steps, env_workers=args.whole_step_workers)
+            result = whole_step(steps=args.whole_step_steps, env_workers=args.whole_step_workers, overlap=args.whole_step_overlap,
+                                spin_ms=args.whole_step_spin_ms, population_threads=args.whole_step_threads)
             payload["whole_step"] = result
             comparisons["member_steps_population_vs_single_quick"] = _comparison(
                 result["ratio"], "higher", WHOLE_STEP_TARGET, members=8, parallel=2,
-                member_steps_per_s=result["member_steps_per_s"], env_bound=result["env_bound"], env_workers=result["env_workers"],
+                member_steps_per_s=result["member_steps_per_s"], env_bound=result["env_bound"], cpu_bound=result["cpu_bound"],
+                env_workers=result["env_workers"], overlap=result["overlap"],
             )
         else:
             comparisons["member_steps_population_vs_single_quick"] = _comparison(

@@ -87,3 +87,21 @@ def random_batch(num_tasks: int, batch: int, obs_dim: int, action_dim: int, seed
         next_obs=torch.randn(num_tasks, batch, obs_dim, generator=gen),
         done=(torch.rand(num_tasks, batch, generator=gen) < 0.2).float(),
     )
+
+
+def tiny_mt10(name: str, **changes: dict) -> dict:
+    """A config dict of a few dozen MT10 steps (30-step episodes, 2 x 32 networks, LS, one
+    evaluation episode per task, no checkpoints); ``changes`` update its sections (``env={...}``,
+    ``train={...}``) or set top-level keys."""
+    data = {
+        "name": name, "seed": 0, "device": "cpu",
+        "env": {"benchmark": "MT10", "max_episode_steps": 30},
+        "agent": {"hidden_dim": 32, "num_layers": 2},
+        "aggregator": {"name": "ls"},
+        "train": {"total_steps": 90, "warmup_steps": 30, "batch_size": 80, "replay_capacity": 2000, "eval_every": 90,
+                  "eval_episodes": 1, "log_every": 30, "progress": False},
+        "checkpoint": {"every": 0},
+    }
+    for key, value in changes.items():
+        data[key] = {**data[key], **value} if isinstance(data.get(key), dict) else value
+    return data

@@ -22,6 +22,7 @@ from mtrl.config import ConfigError, config_from_dict
 from mtrl.evaluator import EvaluationProcess, EvaluatorError
 from mtrl.metrics import read_status
 from mtrl.train import train, train_population
+from tests.helpers import tiny_mt10
 
 POINT = {
     "name": "async", "seed": 0, "device": "cpu",
@@ -36,12 +37,7 @@ POINT = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _config(data: dict = POINT, aggregator: dict | None = None, **train: object):
@@ -92,15 +88,7 @@ def test_async_population_logs_what_a_synchronous_one_logs(tmp_path):
 
 
 def test_metaworld_mt10_async_equals_sync(tmp_path):
-    data = {
-        "name": "mt10async", "seed": 0, "device": "cpu",
-        "env": {"benchmark": "MT10", "max_episode_steps": 30, "eval_envs": 10},
-        "agent": {"hidden_dim": 32, "num_layers": 2},
-        "aggregator": {"name": "ls"},
-        "train": {"total_steps": 60, "warmup_steps": 20, "batch_size": 80, "replay_capacity": 2000, "eval_every": 30,
-                  "eval_episodes": 1, "log_every": 30, "progress": False},
-        "checkpoint": {"every": 0},
-    }
+    data = tiny_mt10("mt10async", env={"eval_envs": 10}, train={"total_steps": 60, "warmup_steps": 20, "eval_every": 30})
     train(config_from_dict(data), tmp_path / "sync")
     train(_config(data, eval_async=True), tmp_path / "async")
     _assert_same_run(tmp_path / "async", tmp_path / "sync")

@@ -29,7 +29,7 @@ from mtrl.envs.workers import ParallelMultiTaskEnv
 from mtrl.evaluate import evaluate
 from mtrl.replay import MultiTaskReplay
 from mtrl.train import build_envs, train
-from tests.helpers import through_torch_save
+from tests.helpers import through_torch_save, tiny_mt10
 from tests.test_envs import STEP_FIELDS
 from tests.test_resume import (
     POINT, QUICK_EPISODE, _assert_same_tensors, _quick_config, _train, _train_and_kill, _write_config,
@@ -106,16 +106,7 @@ def test_overlapped_run_resumes_exactly_after_a_sigkill_mid_episode(tmp_path):
 
 
 # ---- MT10: in process and two workers -------------------------------------------------------------
-MT10 = {
-    "seed": 1,
-    "device": "cpu",
-    "env": {"benchmark": "MT10", "max_episode_steps": 30},
-    "agent": {"hidden_dim": 32, "num_layers": 2},
-    "aggregator": {"name": "ls"},
-    "train": {"total_steps": 100, "warmup_steps": 40, "batch_size": 80, "replay_capacity": 2000, "eval_every": 50,
-              "eval_episodes": 1, "log_every": 20, "progress": False},
-    "checkpoint": {"every": 0},
-}
+MT10 = tiny_mt10("run", seed=1, train={"total_steps": 100, "warmup_steps": 40, "eval_every": 50, "log_every": 20})
 
 
 class _Builds:

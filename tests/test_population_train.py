@@ -22,18 +22,16 @@ from mtrl.checkpoint import checkpoint_steps, list_checkpoints, load_latest
 from mtrl.config import ConfigError, config_from_dict, load_config, parse_seeds
 from mtrl.metrics import read_status
 from mtrl.train import member_run_dir, train, train_population
+from tests.helpers import tiny_mt10
+from tests.test_resume import ENV, POINT as RESUME_POINT
 
+#: test_resume's point-mass config on four tasks (the shapes at which members are bit-exact with
+#: single runs, agents/population.py); 25-step episodes: checkpoints fall inside episodes
 POINT = {
-    "name": "pop",
-    "seed": 0,
-    "device": "cpu",
-    "env": {"benchmark": "Point-4", "max_episode_steps": 25},
-    "agent": {"hidden_dim": 32, "num_layers": 2},
-    "train": {
-        "total_steps": 160, "warmup_steps": 40, "batch_size": 48, "replay_capacity": 2000, "eval_every": 80,
-        "eval_episodes": 2, "log_every": 20, "progress": False,
-    },
-    "checkpoint": {"every": 70, "keep": 2},  # 25-step episodes: checkpoints fall inside episodes
+    **RESUME_POINT, "name": "pop", "seed": 0, "env": {"benchmark": "Point-4", "max_episode_steps": 25},
+    "train": {**RESUME_POINT["train"], "total_steps": 160, "warmup_steps": 40, "replay_capacity": 2000, "eval_every": 80,
+              "log_every": 20},
+    "checkpoint": {"every": 70, "keep": 2},
 }
 METHODS = {
     "ls": {"name": "ls"},
@@ -42,15 +40,9 @@ METHODS = {
     "cagrad_fast": {"name": "cagrad_fast", "options": {"num_sampled": 2, "c": 0.5}},
     "famo": {"name": "famo"},
 }
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _config(method: str, **train: object):
@@ -267,15 +259,7 @@ def test_a_failing_member_is_marked_failed_and_the_others_go_on_unchanged(tmp_pa
 def test_metaworld_population_members_equal_their_single_runs(tmp_path):
     """MT10 members in one PopulationEnv over two env workers, episode-parallel evaluation: member
     1 of {0, 1} writes what ``mtrl train --seed 1`` writes (LS, bit for bit)."""
-    data = {
-        "name": "mt10pop", "seed": 0, "device": "cpu",
-        "env": {"benchmark": "MT10", "max_episode_steps": 30, "workers": 2},
-        "agent": {"hidden_dim": 32, "num_layers": 2},
-        "aggregator": {"name": "ls"},
-        "train": {"total_steps": 90, "warmup_steps": 30, "batch_size": 80, "replay_capacity": 2000, "eval_every": 90,
-                  "eval_episodes": 1, "log_every": 30, "progress": False},
-        "checkpoint": {"every": 0},
-    }
+    data = tiny_mt10("mt10pop", env={"workers": 2})
     train_population(config_from_dict(data), [0, 1], tmp_path / "pop" / "seed{seed}")
     train(config_from_dict({**data, "seed": 1, "env": {**data["env"], "workers": 1}}), tmp_path / "single")
     _assert_same_run(tmp_path / "pop" / "seed1", tmp_path / "single")

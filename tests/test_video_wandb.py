@@ -60,19 +60,24 @@ def test_mp4_is_the_format_when_the_video_extra_is_installed():
     assert video_format() == "mp4"
 
 
-@pytest.fixture(scope="module")
-def run_with_videos_and_wandb(tmp_path_factory):
-    pytest.importorskip("wandb")
-    run_dir = tmp_path_factory.mktemp("mt1_run")
-    cfg = config_from_dict({
-        "seed": 0, "device": "cpu", "name": "tiny",
+def tiny_mt1_with_videos_and_wandb(name: str, eval_every: int):
+    """80 steps of MT1 reach-v3 with videos at step 80 and offline W&B."""
+    return config_from_dict({
+        "seed": 0, "device": "cpu", "name": name,
         "env": {"benchmark": "MT1-reach-v3", "max_episode_steps": 20},
         "agent": {"hidden_dim": 16, "num_layers": 1},
-        "train": {"total_steps": 80, "warmup_steps": 40, "batch_size": 16, "replay_capacity": 1000, "eval_every": 40,
+        "train": {"total_steps": 80, "warmup_steps": 40, "batch_size": 16, "replay_capacity": 1000, "eval_every": eval_every,
                   "eval_episodes": 1, "log_every": 20, "progress": False, "video_every": 80,
                   "wandb": {"mode": "offline", "project": "mtrl-tests", "group": "ls"}},
         "checkpoint": {"every": 0},
     })
+
+
+@pytest.fixture(scope="module")
+def run_with_videos_and_wandb(tmp_path_factory):
+    pytest.importorskip("wandb")
+    run_dir = tmp_path_factory.mktemp("mt1_run")
+    cfg = tiny_mt1_with_videos_and_wandb("tiny", eval_every=40)
     train(cfg, run_dir)
     return run_dir
 
@@ -122,15 +127,7 @@ def test_population_members_have_their_own_wandb_runs_and_videos(tmp_path):
     pytest.importorskip("wandb")
     from mtrl.train import train_population
 
-    cfg = config_from_dict({
-        "seed": 0, "device": "cpu", "name": "tinypop",
-        "env": {"benchmark": "MT1-reach-v3", "max_episode_steps": 20},
-        "agent": {"hidden_dim": 16, "num_layers": 1},
-        "train": {"total_steps": 80, "warmup_steps": 40, "batch_size": 16, "replay_capacity": 1000, "eval_every": 80,
-                  "eval_episodes": 1, "log_every": 20, "progress": False, "video_every": 80,
-                  "wandb": {"mode": "offline", "project": "mtrl-tests", "group": "ls"}},
-        "checkpoint": {"every": 0},
-    })
+    cfg = tiny_mt1_with_videos_and_wandb("tinypop", eval_every=80)
     train_population(cfg, [3, 4], tmp_path / "seed{seed}")
     ids = []
     for seed in (3, 4):
