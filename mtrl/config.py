@@ -41,6 +41,7 @@ __all__ = [
     "keep_legacy_values",
     "legacy_values",
     "load_config",
+    "load_yaml",
     "parse_seeds",
     "resolved_flat_config",
     "save_config",
@@ -497,6 +498,27 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float syntax: ``1e-3`` and ``3E+4`` are floats (PyYAML
+    follows YAML 1.1, which needs a dot, ``1.0e-3``, and reads ``1e-3`` as the string "1e-3")."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config YAML (``yaml.safe_load`` with YAML 1.2 floats: ``critic_lr: 1e-3`` is a float)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides (dotted keys, YAML values) to a nested config dict."""
     import copy
@@ -506,7 +528,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.total_steps=5000)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -523,7 +545,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return config_from_dict(apply_overrides(data, overrides or []))

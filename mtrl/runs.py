@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mtrl.config import ConfigError, config_from_dict, apply_overrides, Config
+from mtrl.config import ConfigError, config_from_dict, apply_overrides, Config, load_yaml
 
 __all__ = [
     "CONFIG_HISTORY",
@@ -104,7 +104,7 @@ def effective_config_dict(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} holds no config.yaml")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     for record in read_config_history(run_dir):

@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from mtrl.config import ConfigError, apply_overrides, config_from_dict
+from mtrl.config import ConfigError, apply_overrides, config_from_dict, load_yaml
 from mtrl.metrics import read_status
 
 __all__ = ["RunSpec", "Sweep", "TrainJob", "load_sweep", "main", "plan_jobs"]
@@ -93,7 +93,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"sweep file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path.read_text()) or {}
     unknown = [k for k in data if k not in _SWEEP_KEYS]
     if unknown:
         raise ValueError(f"unknown key {unknown[0]!r} in sweep {path}; valid keys: {', '.join(_SWEEP_KEYS)}")
@@ -111,7 +111,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         raise ValueError(f"base config {base} (from {path}) not found")
     common = [str(s) for s in data.get("set") or []]
     root = Path(out or data.get("out") or Path("runs") / str(data["name"]))
-    base_data = yaml.safe_load(base.read_text()) or {}
+    base_data = load_yaml(base.read_text()) or {}
     runs = []
     for label, overlay in methods.items():
         if not isinstance(overlay, (dict, list)) and overlay is not None:

@@ -67,3 +67,16 @@ def test_overrides_go_through_the_same_checks():
 def test_ints_are_accepted_where_floats_are_expected():
     cfg = config_from_dict({"agent": {"actor_lr": 1}})
     assert isinstance(cfg.agent.actor_lr, float)
+
+
+def test_floats_in_exponent_notation_are_floats_in_files_and_overrides(tmp_path):
+    """YAML 1.2's float syntax: ``1e-3`` is a float in a config file and in ``--set`` (PyYAML's
+    YAML 1.1 alone reads it as the string "1e-3", which the type check then refused)."""
+    from mtrl.config import load_config, load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("agent:\n  critic_lr: 1e-3\n  actor_lr: 3E-4\n")
+    cfg = load_config(path, ["agent.alpha_lr=2e-4", "aggregator.options={max_norm: 1e0}"])
+    assert (cfg.agent.critic_lr, cfg.agent.actor_lr, cfg.agent.alpha_lr) == (0.001, 0.0003, 0.0002)
+    assert cfg.aggregator.options == {"max_norm": 1.0}
+    assert load_yaml("a: 1\nb: '1e-3'\nc: 0-9\nd: 1.5") == {"a": 1, "b": "1e-3", "c": "0-9", "d": 1.5}
