@@ -12,6 +12,12 @@ On a CUDA device ``add`` goes through pinned host memory with ``non_blocking`` c
 pageable memory blocks the host until the device has run everything queued before it, which
 with ``env.overlap`` is the update in flight. Two staging rows take turns, each reused only after
 the device has read it (an event), so the host never waits for an update to store a transition.
+
+``PopulationReplay`` holds the replays of a population's S members in one tensor per field,
+[S, capacity, K, ...]: member s's ``MultiTaskReplay`` is a view of row s (its own generator,
+``state_dict`` and ``load_state_dict`` exactly a single run's), and one ``add`` writes every
+member's transition and one ``sample`` gathers every member's batch [S, K, B, ...] (each member's
+indices from its own generator, as its ``sample`` draws them), whatever S.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "MultiTaskReplay"]
+__all__ = ["Batch", "MultiTaskReplay", "PopulationReplay"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,41 @@ class Batch:
 _FIELDS = ("obs", "action", "reward", "next_obs", "done")
 
 
+class _RowWriter:
+    """Writes one row of values (numpy or tensors) into device storage: on CPU a cast and a copy;
+    on CUDA through two pinned staging rows taking turns, non-blocking (module docstring)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], device: torch.device) -> None:
+        self.device = device
+        self._staging: list[tuple[dict[str, Tensor], torch.cuda.Event]] = []
+        if device.type == "cuda":
+            for _ in range(2):
+                self._staging.append(({name: torch.empty(shape, pin_memory=True) for name, shape in shapes.items()}, torch.cuda.Event()))
+        self._turn = 0
+
+    def write(self, targets: dict[str, Tensor], values: dict[str, object]) -> None:
+        if self.device.type != "cuda":
+            for name, value in values.items():
+                if isinstance(value, np.ndarray):
+                    value = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+                targets[name].copy_(value.to(self.device, torch.float32))
+            return
+        row, copied = self._staging[self._turn]
+        self._turn = 1 - self._turn
+        copied.synchronize()  # the copies out of this row, two adds ago, are done (at once, unless nothing synced since)
+        for name, value in values.items():
+            target = targets[name]
+            if isinstance(value, Tensor) and value.device.type != "cpu":
+                target.copy_(value)  # already on a device: a device-side copy
+                continue
+            if isinstance(value, Tensor):
+                row[name].copy_(value)
+            else:
+                row[name].numpy()[...] = value  # numpy casts (bool done flags to 0.0 / 1.0)
+            target.copy_(row[name], non_blocking=True)
+        copied.record(torch.cuda.current_stream(self.device))  # the stream the copies above went to
+
+
 class MultiTaskReplay:
     """K ring buffers of ``capacity_per_task`` transitions each, stored on ``device``."""
 
@@ -64,7 +105,10 @@ class MultiTaskReplay:
         seed: int = 0,
         holdout_every: int = 0,
         holdout_tasks: list[int] | None = None,
+        storage: dict[str, Tensor] | None = None,
     ) -> None:
+        """``storage``: the tensors to hold the fields ([capacity, K, ...] each, on ``device``;
+        ``PopulationReplay`` passes views of its own), default new zero tensors."""
         if capacity_per_task < 1:
             raise ValueError(f"capacity_per_task must be >= 1, got {capacity_per_task}")
         if holdout_every and holdout_every < 2:
@@ -78,23 +122,16 @@ class MultiTaskReplay:
         ) if holdout_every else torch.zeros(0, dtype=torch.long)
         self.num_tasks, self.capacity = num_tasks, capacity_per_task
         self.device = torch.device(device)
-        shape = (capacity_per_task, num_tasks)  # slot-major, see the module docstring
-        self._data = {
-            "obs": torch.zeros(*shape, obs_dim, device=self.device),
-            "action": torch.zeros(*shape, action_dim, device=self.device),
-            "reward": torch.zeros(*shape, device=self.device),
-            "next_obs": torch.zeros(*shape, obs_dim, device=self.device),
-            "done": torch.zeros(*shape, device=self.device),
-        }
+        shapes = field_shapes(capacity_per_task, num_tasks, obs_dim, action_dim)  # slot-major, see the module docstring
+        if storage is None:
+            storage = {name: torch.zeros(shape, device=self.device) for name, shape in shapes.items()}
+        elif {name: tuple(storage[name].shape) for name in _FIELDS} != shapes:
+            raise ValueError(f"replay storage has shapes {({n: tuple(t.shape) for n, t in storage.items()})}, expected {shapes}")
+        self._data = dict(storage)
         self.position = 0  # next slot to write (the same for every task)
         self.size = 0  # transitions stored per task
         self.generator = torch.Generator().manual_seed(seed)
-        self._staging: list[tuple[dict[str, Tensor], torch.cuda.Event]] = []  # CUDA: two pinned rows for add
-        if self.device.type == "cuda":
-            for _ in range(2):
-                row = {name: torch.empty(self._data[name].shape[1:], pin_memory=True) for name in _FIELDS}
-                self._staging.append((row, torch.cuda.Event()))
-        self._turn = 0
+        self._writer: _RowWriter | None = None  # made at the first add (CUDA: two pinned staging rows)
 
     def __len__(self) -> int:
         return self.size
@@ -102,35 +139,18 @@ class MultiTaskReplay:
     def add(self, obs, action, reward, next_obs, terminated) -> None:
         """Store one transition per task; every argument has leading dimension K."""
         values = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "done": terminated}
-        if self.device.type == "cuda":
-            self._add_pinned(values)
-        else:
-            for name, value in values.items():
-                if isinstance(value, np.ndarray):
-                    value = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-                self._data[name][self.position] = value.to(self.device, torch.float32)
+        if self._writer is None:
+            self._writer = _RowWriter({name: tuple(self._data[name].shape[1:]) for name in _FIELDS}, self.device)
+        self._writer.write({name: self._data[name][self.position] for name in _FIELDS}, values)
+        self.advance()
+
+    def advance(self) -> None:
+        """Move past the slot just written (``add``; ``PopulationReplay.add`` writes it for all members)."""
         self.position = (self.position + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def _add_pinned(self, values: dict) -> None:
-        """``add`` on a CUDA device: host values through a pinned staging row, non-blocking (module docstring)."""
-        row, copied = self._staging[self._turn]
-        self._turn = 1 - self._turn
-        copied.synchronize()  # the copies out of this row, two adds ago, are done (at once, unless nothing synced since)
-        for name, value in values.items():
-            target = self._data[name][self.position]
-            if isinstance(value, Tensor) and value.device.type != "cpu":
-                target.copy_(value)  # already on a device: a device-side copy
-                continue
-            if isinstance(value, Tensor):
-                row[name].copy_(value)
-            else:
-                row[name].numpy()[...] = value  # numpy casts (bool done flags to 0.0 / 1.0, as above)
-            target.copy_(row[name], non_blocking=True)
-        copied.record(torch.cuda.current_stream(self.device))  # the stream the copies above went to
-
-    def sample(self, batch_per_task: int) -> Batch:
-        """``batch_per_task`` transitions of every task, drawn uniformly with replacement."""
+    def draw(self, batch_per_task: int) -> Tensor:
+        """The slots ``sample`` reads, [K, B] on the CPU, from the buffer's generator."""
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         index = torch.randint(self.size, (self.num_tasks, batch_per_task), generator=self.generator)
@@ -138,7 +158,11 @@ class MultiTaskReplay:
             n = self.size - self.size // self.holdout_every  # training slots among the filled ones
             r = torch.randint(n, (len(self.holdout_tasks), batch_per_task), generator=self.generator)
             index[self.holdout_tasks] = r + r // (self.holdout_every - 1)  # skip the held-out slots
-        index = index.to(self.device)  # [K, B]
+        return index
+
+    def sample(self, batch_per_task: int) -> Batch:
+        """``batch_per_task`` transitions of every task, drawn uniformly with replacement."""
+        index = self.draw(batch_per_task).to(self.device)  # [K, B]
         rows = torch.arange(self.num_tasks, device=self.device)[:, None]
         return Batch(**{name: self._data[name][index, rows] for name in _FIELDS})
 
@@ -194,12 +218,78 @@ class MultiTaskReplay:
         self.generator.set_state(state["generator"])
 
 
+def field_shapes(capacity: int, num_tasks: int, obs_dim: int, action_dim: int) -> dict[str, tuple[int, ...]]:
+    """The storage shape of each field: [capacity, K, ...]."""
+    return {
+        "obs": (capacity, num_tasks, obs_dim), "action": (capacity, num_tasks, action_dim), "reward": (capacity, num_tasks),
+        "next_obs": (capacity, num_tasks, obs_dim), "done": (capacity, num_tasks),
+    }
+
+
+class PopulationReplay:
+    """The replays of S members in one tensor per field [S, capacity, K, ...] (module docstring).
+
+    ``replays[s]`` is member s's ``MultiTaskReplay`` (seeded ``seeds[s]``) over row s: a single
+    run's replay in every respect (``state_dict``, ``load_state_dict``, ``sample``). ``add`` and
+    ``sample`` serve a subset of members (``members``: indices, default all) with one write and one
+    gather per field; the members' rows must be at one position (they always add together)."""
+
+    def __init__(self, seeds: list[int], num_tasks: int, capacity_per_task: int, obs_dim: int, action_dim: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        shapes = field_shapes(capacity_per_task, num_tasks, obs_dim, action_dim)
+        self._data = {name: torch.zeros((len(seeds), *shape), device=self.device) for name, shape in shapes.items()}
+        self.replays = [
+            MultiTaskReplay(num_tasks, capacity_per_task, obs_dim, action_dim, self.device, seed=seed,
+                            storage={name: self._data[name][s] for name in _FIELDS})
+            for s, seed in enumerate(seeds)
+        ]
+        self._writers: dict[int, _RowWriter] = {}  # per number of members written at once
+
+    def _position(self, members: list[int]) -> int:
+        positions = {self.replays[s].position for s in members}
+        if len(positions) != 1:
+            raise RuntimeError(f"population replays at different positions {sorted(positions)}")
+        return positions.pop()
+
+    def add(self, obs, action, reward, next_obs, terminated, members: list[int] | None = None) -> None:
+        """One transition per task of each member of ``members``: every argument [S', K, ...]."""
+        members = list(range(len(self.replays))) if members is None else list(members)
+        position = self._position(members)
+        values = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "done": terminated}
+        writer = self._writers.get(len(members))
+        if writer is None:
+            shapes = {name: (len(members), *self._data[name].shape[2:]) for name in _FIELDS}
+            writer = self._writers[len(members)] = _RowWriter(shapes, self.device)
+        if members == list(range(len(self.replays))):
+            targets = {name: self._data[name][:, position] for name in _FIELDS}
+            writer.write(targets, values)
+        else:  # some members left the population: write through a gathered row, then scatter it back
+            index = torch.tensor(members, device=self.device)
+            targets = {name: torch.empty((len(members), *self._data[name].shape[2:]), device=self.device) for name in _FIELDS}
+            writer.write(targets, values)
+            for name in _FIELDS:
+                self._data[name][index, position] = targets[name]
+        for s in members:
+            self.replays[s].advance()
+
+    def sample(self, batch_per_task: int, members: list[int] | None = None) -> Batch:
+        """Each member's ``sample(batch_per_task)``, stacked: fields [S', K, B, ...]; member s's
+        indices drawn from its own generator exactly as its ``sample`` draws them."""
+        members = list(range(len(self.replays))) if members is None else list(members)
+        index = torch.stack([self.replays[s].draw(batch_per_task) for s in members]).to(self.device)  # [S', K, B]
+        who = torch.tensor(members, device=self.device)[:, None, None]
+        rows = torch.arange(index.shape[1], device=self.device)[None, :, None]
+        return Batch(**{name: self._data[name][who, index, rows] for name in _FIELDS})
+
+
 def _filled_prefix(storage: Tensor, size: int) -> Tensor:
     """``storage[:size]`` ([size, K, ...]) as a CPU tensor whose own storage holds exactly those
     rows. ``torch.save`` writes the whole storage of a view, so a plain slice of a partly filled
     buffer would write its empty slots too; on CPU the result aliases the buffer's memory."""
     if storage.device.type != "cpu":
         return storage[:size].cpu()  # the one device-to-host copy, of the filled rows only
-    if size == storage.shape[0]:
+    if size == storage.shape[0] and storage.untyped_storage().nbytes() == storage.numel() * storage.element_size():
         return storage
-    return torch.from_numpy(storage.numpy()[:size])  # a new storage over the contiguous prefix
+    # a new storage over the contiguous prefix (also where the buffer is a view of a population's storage)
+    return torch.from_numpy(storage.numpy()[:size])

@@ -45,7 +45,7 @@ from mtrl.evaluate import EvalResult, evaluate, evaluate_episodes, evaluate_popu
 from mtrl.evaluator import EvaluationProcess, EvaluatorError, actor_state
 from mtrl.jacobian import configure_allocator
 from mtrl.metrics import MetricsLogger, ProgressLine, read_metrics, read_status, truncate_metric_files, write_status
-from mtrl.replay import Batch, MultiTaskReplay
+from mtrl.replay import Batch, MultiTaskReplay, PopulationReplay
 from mtrl.runs import CONFIG_HISTORY, PROVENANCE, append_jsonl, effective_config_dict
 from mtrl.tracking import open_logger
 from mtrl.video import TrainingVideos
@@ -562,9 +562,8 @@ class Member:
         self.perf = state.get("perf")
         self.last_success = state.get("last_success")
 
-    def store(self, obs: np.ndarray, action: np.ndarray, result: Any) -> None:
-        """Transition t into the replay, and the episode bookkeeping of step t's result."""
-        self.replay.add(obs, action, result.reward, result.next_obs, result.terminated)
+    def record(self, result: Any) -> None:
+        """The episode bookkeeping of step t's result (its transition is in the replay already)."""
         np.add(self.unstable, result.unstable, out=self.unstable)
         if result.episode_done.any():
             self.episodes += int(result.episode_done.sum())
@@ -579,8 +578,10 @@ class Member:
 
 
 def _build_member(index: int, cfg: Config, run_dir: Path, changes: list[ConfigChange], K: int, obs_dim: int, action_dim: int,
-                  task_names: list[str], device: torch.device, eval_env: Any) -> Member:
-    """A member's own parts (``Member``) for ``cfg`` (its seed), before any checkpoint is loaded."""
+                  task_names: list[str], device: torch.device, eval_env: Any, replay: MultiTaskReplay | None = None) -> Member:
+    """A member's own parts (``Member``) for ``cfg`` (its seed), before any checkpoint is loaded;
+    ``replay``: its row of a ``PopulationReplay`` (a population; no held-out slots there, as the
+    bilevel methods that use them are refused for populations), default its own buffer."""
     tcfg = cfg.train
     main_task = None
     if cfg.main_task is not None:
@@ -592,10 +593,11 @@ def _build_member(index: int, cfg: Config, run_dir: Path, changes: list[ConfigCh
     # AuxiLearn trains its combiner on held-out main-task transitions that training never samples
     holdout_every = max((getattr(agg, "holdout_every", 0) for agg in aggregators.values()), default=0)
     validation_tasks = list(range(K)) if main_task is None else [main_task]
-    replay = MultiTaskReplay(
-        K, max(1, tcfg.replay_capacity // K), obs_dim, action_dim, device, seed=cfg.seed,
-        holdout_every=holdout_every, holdout_tasks=validation_tasks,
-    )
+    if replay is None:
+        replay = MultiTaskReplay(
+            K, max(1, tcfg.replay_capacity // K), obs_dim, action_dim, device, seed=cfg.seed,
+            holdout_every=holdout_every, holdout_tasks=validation_tasks,
+        )
     hyper_batches = None  # fresh batches for the outer steps of AuxiNash / AuxiLearn
     if any(getattr(agg, "uses_hyper", False) for agg in aggregators.values()):
         hyper_batches = _hyper_batches(replay, tcfg.batch_size // K, validation_tasks, bool(holdout_every))
@@ -651,6 +653,7 @@ class _PopulationLearner:
         self.population, self.members = population, population.members
         self.shape = (obs_dim, action_dim, num_tasks, cfg.agent)
         self._policies: dict[int, MTSAC] = {}
+        self.replay: PopulationReplay | None = None  # the members' replays (set by the trainer)
 
     def act(self, obs: np.ndarray, generators: Sequence[torch.Generator]) -> np.ndarray:
         with torch.no_grad():
@@ -658,8 +661,7 @@ class _PopulationLearner:
         return action.cpu().numpy()
 
     def update(self, members: Sequence[Member], batch_per_task: int, diagnostics: bool) -> dict[str, Any]:
-        batches = [m.replay.sample(batch_per_task) for m in members]
-        batch = Batch(**{f.name: torch.stack([getattr(b, f.name) for b in batches]) for f in dataclasses.fields(Batch)})
+        batch = self.replay.sample(batch_per_task, [m.index for m in members])  # each member's own draws, one gather
         steps = {m.update_step for m in members}
         if len(steps) != 1:  # members always start and resume together
             raise RuntimeError(f"population members are at different update steps {sorted(steps)}")
@@ -686,6 +688,7 @@ class _PopulationLearner:
         population.jacobian_method = self.population.jacobian_method
         learner = _PopulationLearner.__new__(_PopulationLearner)
         learner.population, learner.members, learner.shape, learner._policies = population, len(keep), self.shape, {}
+        learner.replay = self.replay
         return learner
 
     def policy(self, s: int) -> MTSAC:
@@ -830,8 +833,11 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
     K = env.num_tasks
     if tcfg.batch_size % K:
         raise ConfigError(f"train.batch_size ({tcfg.batch_size}) must be divisible by the number of tasks ({K})")
+    # a population's replays: one tensor per field for all members (mtrl.replay.PopulationReplay)
+    shared_replay = PopulationReplay([c.seed for c in cfgs], K, max(1, tcfg.replay_capacity // K), env.obs_dim, env.action_dim, device) if population else None
     members = [
-        _build_member(i, c, d, ch, K, env.obs_dim, env.action_dim, env.task_names, device, e)
+        _build_member(i, c, d, ch, K, env.obs_dim, env.action_dim, env.task_names, device, e,
+                      replay=shared_replay.replays[i] if shared_replay is not None else None)
         for i, (c, d, (_, ch), e) in enumerate(zip(cfgs, run_dirs, prepared, eval_envs))
     ]
     # train.eval_async: an evaluation process plays the evaluations (started below), unless the
@@ -853,6 +859,7 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
             env.obs_dim, env.action_dim, K, cfg,
         )
         learner.population.jacobian_method = cfg.aggregator.jacobian
+        learner.replay = shared_replay
         # what a population cannot run is refused before anything is written
         learner.population._check_supported(
             [m.aggregators["critic"] for m in members], [m.aggregators["actor"] for m in members],
@@ -970,11 +977,22 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
         timings["env"] += seconds if own is None else own
 
     def store(action: np.ndarray, results: list[Any]) -> None:
-        """Transition t of every live member into its replay, the observations of step t + 1."""
-        for s, m in enumerate(live):
-            result = results[m.index]
-            m.store(obs[m.index], action[s], result)
-            obs[m.index] = result.obs
+        """Transition t of every live member into its replay (a population's: one write per field),
+        the episode bookkeeping, the observations of step t + 1."""
+        if shared_replay is None:
+            for s, m in enumerate(live):
+                r = results[m.index]
+                m.replay.add(obs[m.index], action[s], r.reward, r.next_obs, r.terminated)
+        else:
+            rows = [m.index for m in live]
+            mine = [results[i] for i in rows]
+            shared_replay.add(
+                obs[rows], action, np.stack([r.reward for r in mine]), np.stack([r.next_obs for r in mine]),
+                np.stack([r.terminated for r in mine]), members=rows,
+            )
+        for m in live:
+            m.record(results[m.index])
+            obs[m.index] = results[m.index].obs
 
     def act(step: int) -> np.ndarray:
         """The actions [S, K, A] of every env member (a failed member's envs get zeros)."""

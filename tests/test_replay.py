@@ -296,3 +296,58 @@ def test_truncated_episode_ends_are_stored_as_not_done_with_their_final_observat
         assert torch.equal(stored["next_obs"][:, slot], torch.from_numpy(final))
         assert not torch.equal(stored["next_obs"][:, slot], torch.from_numpy(reset))
     assert torch.equal(stored["obs"][:, 3], torch.from_numpy(ends[0][1]))  # the second episode starts there
+
+
+def test_population_replay_is_each_members_own_replay():
+    """PopulationReplay: one write and one gather per field for all members, and member s's
+    replay is exactly a standalone MultiTaskReplay of its seed (samples, state_dict, its size on
+    disk), also after a member stopped adding (a failed member leaves the population)."""
+    import io
+
+    from mtrl.replay import PopulationReplay
+
+    seeds, K, cap, obs_dim, act_dim = [3, 5, 8], 4, 6, 5, 2
+    population = PopulationReplay(seeds, K, cap, obs_dim, act_dim)
+    alone = [MultiTaskReplay(K, cap, obs_dim, act_dim, seed=s) for s in seeds]
+    rng = np.random.default_rng(0)
+
+    def transition(n):
+        return (rng.normal(size=(n, K, obs_dim)).astype(np.float32), rng.normal(size=(n, K, act_dim)).astype(np.float32),
+                rng.normal(size=(n, K)).astype(np.float32), rng.normal(size=(n, K, obs_dim)).astype(np.float32),
+                rng.random((n, K)) < 0.2)
+
+    def check(members):
+        batch = population.sample(3, members)
+        for i, s in enumerate(members):
+            own = alone[s].sample(3)
+            for name in ("obs", "action", "reward", "next_obs", "done"):
+                assert torch.equal(getattr(batch, name)[i], getattr(own, name)), (s, name)
+
+    for step in range(9):  # wraps around the ring (capacity 6)
+        values = transition(3)
+        population.add(*values)
+        for s in range(3):
+            alone[s].add(*(v[s] for v in values))
+        check([0, 1, 2])
+    for step in range(4):  # member 1 left: the others go on
+        values = transition(2)
+        population.add(*values, members=[0, 2])
+        for i, s in enumerate([0, 2]):
+            alone[s].add(*(v[i] for v in values))
+        check([0, 2])
+    for s in range(3):
+        mine, own = population.replays[s].state_dict(), alone[s].state_dict()
+        for key in own:
+            assert torch.equal(mine[key], own[key]) if isinstance(own[key], torch.Tensor) else mine[key] == own[key], (s, key)
+        sizes = []
+        for state in (mine, own):
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            sizes.append(len(buffer.getvalue()))
+        assert sizes[0] == sizes[1]  # a member's checkpoint holds its own rows, not the population's
+    fresh = PopulationReplay(seeds, K, cap, obs_dim, act_dim)
+    for s in range(3):
+        fresh.replays[s].load_state_dict(alone[s].state_dict())
+    batch = fresh.sample(4, [0, 2])  # members 0 and 2 are at one position
+    for i, s in enumerate([0, 2]):
+        assert torch.equal(batch.obs[i], alone[s].sample(4).obs)
