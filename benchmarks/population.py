@@ -418,9 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         device = torch.device("cpu")
         networks, quick = ("tiny", "tiny") if args.tiny else ("paper", "quick")
-        # device ops and syncs, S = 1 vs 10
-        counts = pu.profile([networks], ["ls", "nashmtl"], (1, 10), device)[networks]
-        payload["profile"] = {networks: counts}
+        # device ops and syncs, S = 1, 4, 10 (the comparisons: paper networks, 10 against 1)
+        sizes_profiled = [networks] if args.tiny else [networks, quick]
+        profiled = pu.profile(sizes_profiled, ["ls", "nashmtl"], (1, 10) if args.tiny else (1, 4, 10), device)
+        counts = profiled[networks]
+        payload["profile"] = profiled
         payload["syncs"] = {}
         for method, by_S in counts.items():
             a, b = by_S["1"], by_S["10"]

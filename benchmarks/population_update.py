@@ -92,8 +92,8 @@ class _Members:
         return out
 
 
-def profile(sizes: list[str], methods: list[str], members: tuple[int, int], device: torch.device) -> dict:
-    """Ops and syncs per update of populations of ``members[0]`` and ``members[1]``."""
+def profile(sizes: list[str], methods: list[str], members: tuple[int, ...], device: torch.device) -> dict:
+    """Ops and syncs per update of populations of each size in ``members``."""
     out: dict = {}
     for size in sizes:
         rows = []
