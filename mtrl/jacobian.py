@@ -225,12 +225,7 @@ def _linear_engine(
                 for row, task, n, per_task in blocks:
                     dz_b, a_b = dz[task : task + n], a[task : task + n]
                     if per_task:
-                        view = G[row : row + n, columns]
-                        if is_weight:
-                            view = view.view(n, layer.out_features, layer.in_features)
-                            torch.bmm(dz_b.mT, a_b, out=view) if fresh else view.baddbmm_(dz_b.mT, a_b)
-                        else:
-                            torch.sum(dz_b, 1, out=view) if fresh else view.add_(dz_b.sum(1))
+                        _write_rows(G[row : row + n, columns], dz_b, a_b, layer, is_weight, fresh)
                     else:
                         view = G[row, columns]
                         dz_b = dz_b.reshape(-1, dz_b.shape[-1])
@@ -252,6 +247,18 @@ def _linear_engine(
         if aux is not None:  # back to task order
             aux = torch.empty_like(aux).index_copy_(0, order, aux)
     return JacobianResult(G, losses, aux, other)
+
+
+def _write_rows(view: Tensor, dz: Tensor, a: Tensor, layer: nn.Module, is_weight: bool, fresh: bool) -> None:
+    """One gradient row per leading index r of ``dz`` [R, N, out] and ``a`` [R, N, in] into
+    ``view`` [R, numel]: a weight's ``dz_r^T a_r`` (one batched matmul), a bias's ``sum_n dz_r``;
+    written when ``fresh``, else added (a layer called more than once)."""
+    rows = dz.shape[0]
+    if is_weight:
+        view = view.view(rows, layer.out_features, layer.in_features)
+        torch.bmm(dz.mT, a, out=view) if fresh else view.baddbmm_(dz.mT, a)
+    else:
+        torch.sum(dz, 1, out=view) if fresh else view.add_(dz.sum(1))
 
 
 def _tapped_call(
@@ -379,12 +386,7 @@ def member_gradients(
                     continue
                 fresh = pname not in written
                 written.add(pname)
-                view = blocks[pname]
-                if is_weight:
-                    view = view.view(rows, layer.out_features, layer.in_features)
-                    torch.bmm(dz.mT, a, out=view) if fresh else view.baddbmm_(dz.mT, a)
-                else:
-                    torch.sum(dz, 1, out=view) if fresh else view.add_(dz.sum(1))
+                _write_rows(blocks[pname], dz, a, layer, is_weight, fresh)
         for name in wrt:  # a layer never called: its gradient is zero
             if name not in written:
                 blocks[name].zero_()
