@@ -89,7 +89,11 @@ def time_interleaved_cpu(functions: dict[str, Callable[[], object]], repeats: in
 
 def gram_stream(K: int, P: int, count: int, seed: int) -> np.ndarray:
     """``count`` successive Gram matrices [count, K, K] (float64) of one member: a float32 G with a
-    common component and task scales in [0.1, 2.1], drifting by 5% noise per update."""
+    common component and task scales in [0.1, 2.1], drifting by 5% noise per update, its Gram
+    matrices as training computes them (``solvers.gram``: float32 product, float64 result).
+    tests/aggregators/test_population.py draws its realistic streams from here too."""
+    from mtrl.aggregators.solvers import gram
+
     gen = torch.Generator().manual_seed(seed)
     base = torch.randn(P, generator=gen)
     scales = torch.rand(K, 1, generator=gen) * 2.0 + 0.1
@@ -97,7 +101,7 @@ def gram_stream(K: int, P: int, count: int, seed: int) -> np.ndarray:
     out = []
     for _ in range(count):
         G = G + 0.05 * scales * torch.randn(K, P, generator=gen)
-        out.append((G @ G.T).double().numpy())
+        out.append(gram(G))
     return np.stack(out)
 
 

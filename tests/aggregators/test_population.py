@@ -15,6 +15,7 @@ from mtrl.aggregators import batched
 from mtrl.aggregators.from_gram import GramAggregator, isolate_failures
 from mtrl.aggregators.imtlg import imtlg_weights, imtlg_weights_batch
 from mtrl.aggregators.solvers import cagrad_dual_sgd, gram, min_norm_simplex, positive_fixed_point
+from mtrl.benchmarks.population import gram_stream
 from tests.aggregators.properties import random_G, stationary_inputs
 
 RTOL = 1e-12  # batched solvers against the single-member path (measured: at most 7e-15)
@@ -56,16 +57,9 @@ def assert_same_state(a, b, rtol: float = 0.0) -> None:
 
 
 def realistic_grams(K: int, steps: int, seed: int, P: int = 200) -> np.ndarray:
-    """Gram matrices [steps, K, K] of a drifting float32 G, cast to float64 (as in training)."""
-    gen = torch.Generator().manual_seed(seed)
-    base = torch.randn(P, generator=gen)
-    scales = torch.rand(K, 1, generator=gen) * 2.0 + 0.1
-    G = 0.5 * base + torch.randn(K, P, generator=gen) * scales
-    out = []
-    for _ in range(steps):
-        G = G + 0.05 * scales * torch.randn(K, P, generator=gen)
-        out.append(gram(G))
-    return np.stack(out)
+    """Gram matrices [steps, K, K] of a drifting float32 G, cast to float64 (as in training): the
+    population benchmark's stream."""
+    return gram_stream(K, P, steps, seed)
 
 
 # ---- 1. aggregate(G, ctx) is c @ G with c = coefficients_from_gram(gram(G), ctx) ----------------
