@@ -19,16 +19,12 @@ import torch
 from mtrl.checkpoint import CheckpointError, list_checkpoints, load_latest
 from mtrl.config import ConfigError, config_from_dict
 from mtrl.train import train
-from tests.helpers import read_only_file_system
+from tests.helpers import read_only_file_system, with_changes
 from tests.test_resume import ENV, POINT, _assert_same_tensors, _write_config
 
 
 def cfg(**changes):
-    data = json.loads(json.dumps({**POINT, "aggregator": {"name": "nashmtl", "options": {"update_every": 2}}}))
-    for key, value in changes.items():
-        section, _, name = key.rpartition(".")
-        (data[section] if section else data)[name] = value
-    return config_from_dict(data)
+    return config_from_dict(with_changes({**POINT, "aggregator": {"name": "nashmtl", "options": {"update_every": 2}}}, **changes))
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from mtrl.config import (
 )
 from mtrl.runs import effective_config_dict, load_run_config, read_config_history
 from mtrl.train import train
+from tests.helpers import with_changes
 from tests.test_resume import _assert_same_tensors
 
 TINY = {
@@ -41,14 +42,7 @@ TINY = {
 
 
 def cfg(**changes) -> Config:
-    data = json.loads(json.dumps(TINY))
-    for key, value in changes.items():
-        node = data
-        *sections, name = key.split(".")
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[name] = value
-    return config_from_dict(data)
+    return config_from_dict(with_changes(TINY, **changes))
 
 
 @pytest.fixture(scope="module")
