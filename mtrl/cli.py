@@ -75,7 +75,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"done: {result.run_dir}: {result.steps_done} steps, last mean success {success}")
         if any(result.interrupted for result in results):
             return 143
-        return 0 if all((read := _status(result.run_dir)) is None or read.get("state") != "failed" for result in results) else 1
+        from mtrl.metrics import read_status
+
+        return 1 if any((read_status(result.run_dir) or {}).get("state") == "failed" for result in results) else 0
     if seeds is not None:
         cfg = dataclasses.replace(cfg, seed=seeds[0], seeds=None)
     elif cfg.seeds is not None:
@@ -90,12 +92,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     success = "n/a" if result.last_success is None else f"{result.last_success:.3f}"
     print(f"done: {result.steps_done} steps, last mean success {success}; outputs in {result.run_dir}")
     return 0
-
-
-def _status(run_dir: Path) -> dict | None:
-    from mtrl.metrics import read_status
-
-    return read_status(run_dir)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -649,11 +649,11 @@ class _PopulationLearner:
     optimizers, updated in one batched computation; member s's evaluation acts through a single
     ``MTSAC`` loaded with its weights, as its single run's evaluation would."""
 
-    def __init__(self, population: PopulationSAC, obs_dim: int, action_dim: int, num_tasks: int, cfg: Config) -> None:
-        self.population, self.members = population, population.members
-        self.shape = (obs_dim, action_dim, num_tasks, cfg.agent)
+    def __init__(self, population: PopulationSAC, obs_dim: int, action_dim: int, num_tasks: int, agent_cfg: Any,
+                 replay: PopulationReplay) -> None:
+        self.population, self.members, self.replay = population, population.members, replay
+        self.shape = (obs_dim, action_dim, num_tasks, agent_cfg)
         self._policies: dict[int, MTSAC] = {}
-        self.replay: PopulationReplay | None = None  # the members' replays (set by the trainer)
 
     def act(self, obs: np.ndarray, generators: Sequence[torch.Generator]) -> np.ndarray:
         with torch.no_grad():
@@ -686,10 +686,7 @@ class _PopulationLearner:
         obs_dim, action_dim, num_tasks, agent_cfg = self.shape
         population = PopulationSAC.from_states([self.member_state(s) for s in keep], obs_dim, action_dim, num_tasks, agent_cfg, self.population.device)
         population.jacobian_method = self.population.jacobian_method
-        learner = _PopulationLearner.__new__(_PopulationLearner)
-        learner.population, learner.members, learner.shape, learner._policies = population, len(keep), self.shape, {}
-        learner.replay = self.replay
-        return learner
+        return _PopulationLearner(population, *self.shape, self.replay)
 
     def policy(self, s: int) -> MTSAC:
         """An ``MTSAC`` with member s's current weights (one per member, kept between evaluations)."""
@@ -856,10 +853,9 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
     if population:
         learner: Any = _PopulationLearner(
             PopulationSAC.from_states([a.training_state() for a in agents], env.obs_dim, env.action_dim, K, cfg.agent, device),
-            env.obs_dim, env.action_dim, K, cfg,
+            env.obs_dim, env.action_dim, K, cfg.agent, shared_replay,
         )
         learner.population.jacobian_method = cfg.aggregator.jacobian
-        learner.replay = shared_replay
         # what a population cannot run is refused before anything is written
         learner.population._check_supported(
             [m.aggregators["critic"] for m in members], [m.aggregators["actor"] for m in members],
