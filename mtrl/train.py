@@ -974,16 +974,17 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
 
     def store(action: np.ndarray, results: list[Any]) -> None:
         """Transition t of every live member into its replay (a population's: one write per field),
-        the episode bookkeeping, the observations of step t + 1."""
+        the episode bookkeeping, the observations of step t + 1; ``action`` and ``results`` are
+        the env's, one row per env member."""
         if shared_replay is None:
-            for s, m in enumerate(live):
+            for m in live:
                 r = results[m.index]
-                m.replay.add(obs[m.index], action[s], r.reward, r.next_obs, r.terminated)
+                m.replay.add(obs[m.index], action[m.index], r.reward, r.next_obs, r.terminated)
         else:
             rows = [m.index for m in live]
             mine = [results[i] for i in rows]
             shared_replay.add(
-                obs[rows], action, np.stack([r.reward for r in mine]), np.stack([r.next_obs for r in mine]),
+                obs[rows], action[rows], np.stack([r.reward for r in mine]), np.stack([r.next_obs for r in mine]),
                 np.stack([r.terminated for r in mine]), members=rows,
             )
         for m in live:
@@ -1026,7 +1027,7 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
                     results = env.step(action)
                     waited_for_env(time.perf_counter() - t1)
                     if not delayed:
-                        store(action[[m.index for m in live]], results)
+                        store(action, results)
                 timings["collect"] += time.perf_counter() - t0
 
                 # one gradient update; its metrics stay on the device until the next log line
@@ -1047,7 +1048,7 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
                     if overlap:
                         results = env.step_wait()
                         waited_for_env(time.perf_counter() - t0)
-                    store(action[[m.index for m in live]], results)
+                    store(action, results)
                     timings["collect"] += time.perf_counter() - t0
                 step += 1
                 if not live:
