@@ -756,9 +756,10 @@ def train_population(
     return _train(cfgs, run_dirs, resume=resume, force=force, checkpoint_writer=checkpoint_writer)
 
 
-def _population_resume(cfgs: list[Config], run_dirs: list[Path], resume: str | None) -> tuple[list[int], list[RunResult], int | None]:
-    """Which members a population resume continues, the results of those it leaves out, and the
-    step every continued member resumes from (None: none has a checkpoint, start fresh)."""
+def _resume_plan(cfgs: list[Config], run_dirs: list[Path], resume: str | None) -> tuple[list[int], list[RunResult], int | None]:
+    """Which members a resume continues, the results of those it leaves out (finished; in a
+    population also those that failed on their own), and the step every continued member of a
+    population resumes from (None: the newest, or none to resume; 0: start afresh)."""
     active, done = [], []
     for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
         status = read_status(run_dir) or {}
@@ -793,17 +794,10 @@ def _train(cfgs: list[Config], run_dirs: list[Path], *, resume: str | None, forc
            envs: tuple[MultiTaskEnv, MultiTaskEnv] | None = None) -> list[RunResult]:
     """The training loop of S members (S = 1: a single run). Returns one result per member."""
     population = len(cfgs) > 1
-    if population:
-        active, finished, common_step = _population_resume(cfgs, run_dirs, resume)
-        if not active:
-            return finished
-        cfgs, run_dirs = [cfgs[i] for i in active], [run_dirs[i] for i in active]
-    else:
-        status = read_status(run_dirs[0])
-        if resume is not None and status and status.get("state") == "finished" and status.get("total_steps") == cfgs[0].train.total_steps:
-            print(f"{run_dirs[0]} is already finished ({status['step']} steps); nothing to do", file=sys.stderr)
-            return [RunResult(run_dirs[0], int(status["step"]), False, status.get("last_success"))]
-        finished, common_step = [], None
+    active, finished, common_step = _resume_plan(cfgs, run_dirs, resume)
+    if not active:
+        return finished
+    cfgs, run_dirs = [cfgs[i] for i in active], [run_dirs[i] for i in active]
     cfgs = [_keep_legacy_values(c, d, resume) for c, d in zip(cfgs, run_dirs)]
     cfg = cfgs[0]  # what all members share (they differ in their seed alone)
     prepared = [_prepare_run_dir(c, d, resume, force, step=common_step) for c, d in zip(cfgs, run_dirs)]
