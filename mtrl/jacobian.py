@@ -28,7 +28,7 @@ weighted-sum gradient [S, P] (the one-backward path of steps that need no G).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -210,31 +210,21 @@ def _linear_engine(
     G = torch.empty(len(groups) if groups is not None else K, offset, dtype=first.dtype, device=first.device)
     written: set[str] = set()
     with torch.no_grad():
-        for (name, a, _), dz in zip(taps, output_grads):
-            if dz is None:
-                continue
-            layer, weight, bias = layers[name]
-            a = a.reshape(K, -1, a.shape[-1]).to(G.dtype)
-            dz = dz.reshape(K, -1, dz.shape[-1]).to(G.dtype)
-            for pname, is_weight in ((weight, True), (bias, False)):
-                if pname is None:
-                    continue
-                fresh = pname not in written
-                written.add(pname)
-                columns = slice(offsets[pname], offsets[pname] + params[pname].numel())
-                for row, task, n, per_task in blocks:
-                    dz_b, a_b = dz[task : task + n], a[task : task + n]
-                    if per_task:
-                        _write_rows(G[row : row + n, columns], dz_b, a_b, layer, is_weight, fresh)
+        for pname, is_weight, layer, a, dz, fresh in _layer_terms(taps, output_grads, layers, K, G.dtype, written):
+            columns = slice(offsets[pname], offsets[pname] + params[pname].numel())
+            for row, task, n, per_task in blocks:
+                dz_b, a_b = dz[task : task + n], a[task : task + n]
+                if per_task:
+                    _write_rows(G[row : row + n, columns], dz_b, a_b, layer, is_weight, fresh)
+                else:
+                    view = G[row, columns]
+                    dz_b = dz_b.reshape(-1, dz_b.shape[-1])
+                    if is_weight:
+                        view.view(layer.out_features, layer.in_features).addmm_(
+                            dz_b.T, a_b.reshape(-1, a_b.shape[-1]), beta=0.0 if fresh else 1.0, alpha=1.0 / n
+                        )
                     else:
-                        view = G[row, columns]
-                        dz_b = dz_b.reshape(-1, dz_b.shape[-1])
-                        if is_weight:
-                            view.view(layer.out_features, layer.in_features).addmm_(
-                                dz_b.T, a_b.reshape(-1, a_b.shape[-1]), beta=0.0 if fresh else 1.0, alpha=1.0 / n
-                            )
-                        else:
-                            view.copy_(dz_b.sum(0) / n) if fresh else view.add_(dz_b.sum(0) / n)
+                        view.copy_(dz_b.sum(0) / n) if fresh else view.add_(dz_b.sum(0) / n)
         for name in wrt:  # a layer never called: its gradient is zero
             if name not in written:
                 G[:, offsets[name] : offsets[name] + params[name].numel()] = 0.0
@@ -247,6 +237,28 @@ def _linear_engine(
         if aux is not None:  # back to task order
             aux = torch.empty_like(aux).index_copy_(0, order, aux)
     return JacobianResult(G, losses, aux, other)
+
+
+def _layer_terms(
+    taps: list[tuple[str, Tensor, Tensor]], output_grads: Sequence[Tensor | None], layers: dict[str, tuple[nn.Module, Any, Any]],
+    rows: int, dtype: torch.dtype, written: set[str],
+) -> Iterator[tuple[str, bool, nn.Module, Tensor, Tensor, bool]]:
+    """For every tapped layer call with a gradient and each of its parameters (weight, then bias):
+    ``(parameter name, is_weight, layer, a [rows, N, in], dz [rows, N, out], fresh)`` in ``dtype``;
+    ``fresh`` is False where an earlier call of the layer wrote that parameter already (its names
+    are added to ``written``)."""
+    for (name, a, _), dz in zip(taps, output_grads):
+        if dz is None:
+            continue
+        layer, weight, bias = layers[name]
+        a = a.reshape(rows, -1, a.shape[-1]).to(dtype)
+        dz = dz.reshape(rows, -1, dz.shape[-1]).to(dtype)
+        for pname, is_weight in ((weight, True), (bias, False)):
+            if pname is None:
+                continue
+            fresh = pname not in written
+            written.add(pname)
+            yield pname, is_weight, layer, a, dz, fresh
 
 
 def _write_rows(view: Tensor, dz: Tensor, a: Tensor, layer: nn.Module, is_weight: bool, fresh: bool) -> None:
@@ -375,18 +387,8 @@ def member_gradients(
         rows = S
     written: set[str] = set()
     with torch.no_grad():
-        for (name, a, _), dz in zip(taps, output_grads):
-            if dz is None:
-                continue
-            layer, weight, bias = layers[name]
-            a = a.reshape(rows, -1, a.shape[-1]).to(first.dtype)
-            dz = dz.reshape(rows, -1, dz.shape[-1]).to(first.dtype)
-            for pname, is_weight in ((weight, True), (bias, False)):
-                if pname is None:
-                    continue
-                fresh = pname not in written
-                written.add(pname)
-                _write_rows(blocks[pname], dz, a, layer, is_weight, fresh)
+        for pname, is_weight, layer, a, dz, fresh in _layer_terms(taps, output_grads, layers, rows, first.dtype, written):
+            _write_rows(blocks[pname], dz, a, layer, is_weight, fresh)
         for name in wrt:  # a layer never called: its gradient is zero
             if name not in written:
                 blocks[name].zero_()
