@@ -45,6 +45,7 @@ __all__ = [
     "parse_seeds",
     "resolved_flat_config",
     "save_config",
+    "with_values",
 ]
 
 
@@ -658,7 +659,7 @@ def resolved_flat_config(data: dict[str, Any]) -> dict[str, Any]:
     options expanded, ``aggregator.options.<name>`` with every option of the aggregator at its
     default unless set (``critic_options`` and ``actor_options`` hold only their overrides)."""
     missing = legacy_values(data)
-    cfg = config_from_dict(_with_values(data, missing))
+    cfg = config_from_dict(with_values(data, missing))
     flat = flatten_config(config_to_dict(cfg), options=True)
     from mtrl.aggregators import REGISTRY
 
@@ -708,7 +709,7 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[ConfigChang
 # ---------------------------------------------------------------------------------------------
 # Legacy values: what a run written before a key existed keeps.
 # ---------------------------------------------------------------------------------------------
-def _with_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+def with_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """A copy of the nested config dict ``data`` with the flat ``values`` set."""
     import copy
 
@@ -738,7 +739,7 @@ def keep_legacy_values(cfg: Config, saved: dict[str, Any]) -> tuple[Config, dict
     kept = {key: value for key, value in legacy_values(saved).items() if flat.get(key) == defaults.get(key) != value}
     if not kept:
         return cfg, {}
-    return config_from_dict(_with_values(config_to_dict(cfg), kept)), kept
+    return config_from_dict(with_values(config_to_dict(cfg), kept)), kept
 
 
 def describe_legacy_values(source: Any, kept: dict[str, Any]) -> str:

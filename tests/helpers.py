@@ -106,17 +106,3 @@ def tiny_mt10(name: str, **changes: dict) -> dict:
         data[key] = {**data[key], **value} if isinstance(data.get(key), dict) else value
     return data
 
-
-def with_changes(data: dict, **changes) -> dict:
-    """A deep copy of the config dict ``data`` with dotted keys set (``**{"train.total_steps": 5}``;
-    missing sections are created)."""
-    import json
-
-    data = json.loads(json.dumps(data))
-    for key, value in changes.items():
-        node = data
-        *sections, name = key.split(".")
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[name] = value
-    return data

@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from mtrl.checkpoint import CheckpointError, list_checkpoints, load_latest
-from mtrl.config import ConfigError, config_from_dict
+from mtrl.config import ConfigError, config_from_dict, with_values
 from mtrl.train import train
-from tests.helpers import read_only_file_system, with_changes
+from tests.helpers import read_only_file_system
 from tests.test_resume import ENV, POINT, _assert_same_tensors, _write_config
 
 
 def cfg(**changes):
-    return config_from_dict(with_changes({**POINT, "aggregator": {"name": "nashmtl", "options": {"update_every": 2}}}, **changes))
+    return config_from_dict(with_values({**POINT, "aggregator": {"name": "nashmtl", "options": {"update_every": 2}}}, changes))
 
 
 @pytest.fixture(scope="module")

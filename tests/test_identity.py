@@ -21,11 +21,10 @@ from mtrl.aggregators import REGISTRY
 from mtrl.checkpoint import load_latest
 from mtrl.config import (
     RESUME_ALLOWED, AgentConfig, Config, ConfigError, config_changes, config_from_dict, config_keys, config_to_dict,
-    identity_keys, is_resume_allowed,
+    identity_keys, is_resume_allowed, with_values,
 )
 from mtrl.runs import effective_config_dict, load_run_config, read_config_history
 from mtrl.train import train
-from tests.helpers import with_changes
 from tests.test_resume import _assert_same_tensors
 
 TINY = {
@@ -42,7 +41,7 @@ TINY = {
 
 
 def cfg(**changes) -> Config:
-    return config_from_dict(with_changes(TINY, **changes))
+    return config_from_dict(with_values(TINY, changes))
 
 
 @pytest.fixture(scope="module")
